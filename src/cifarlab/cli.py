@@ -1,0 +1,187 @@
+"""The `cifarlab` command: a thin shell over the Python API.
+
+Bad input of any kind ends in one sentence on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+
+from . import __version__
+from .config import FIELDS, RunConfig, check_settings, load_toml
+from .errors import CifarlabError
+
+HELP = {
+    "model": "network preset: simple, deep or batchnorm (see `cifarlab models`)",
+    "blocks": "number of conv blocks (each ends in a 2x2 max-pool); extra blocks double filters",
+    "filters": "filters per block, e.g. 32,64,128",
+    "convs_per_block": "convolutions in each block",
+    "kernel_size": "convolution kernel size",
+    "batchnorm": "batch norm after every convolution",
+    "head": "flatten or gap (global average pooling)",
+    "dense": "hidden dense layer sizes, e.g. 128,32 ('none' for no hidden layer)",
+    "dropout": "dropout rate, at the preset's position",
+    "data": "CIFAR-10 folder, archive or image-folder tree (default: $CIFARLAB_DATA, else "
+            "the user cache, downloading the official archive if needed)",
+    "val_split": "validation images carved from the training set; 0 validates on the test "
+                 "set like the original study",
+    "fraction": "train on this stratified fraction of the training images, in (0, 1]",
+    "split_seed": "seed of the validation split and the training subset",
+    "normalize": "unit (pixels in [0, 1], the study's) or standard (per-channel mean/std)",
+    "epochs": "maximum number of epochs",
+    "batch_size": "images per training step",
+    "optimizer": "adam, adamw or sgd (Nesterov momentum)",
+    "lr": "learning rate (the peak rate with a schedule)",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "weight decay",
+    "label_smoothing": "label smoothing of the cross-entropy targets",
+    "schedule": "learning-rate schedule: constant, onecycle or cosine",
+    "early_stopping": "METRIC:PATIENCE, e.g. val_accuracy:10 or val_loss:5",
+    "min_delta": "smallest change of the monitored metric that counts as an improvement",
+    "start_from_epoch": "epochs of warm-up before early stopping starts watching",
+    "seed": "seed of the weights, shuffling and dropout: same seed, same run",
+    "device": "auto, cpu or cuda",
+}
+
+EXAMPLES = {
+    "train": "examples:\n"
+             "  cifarlab train --model simple --data ../shared/data/cifar10-jpeg --epochs 10\n"
+             "  cifarlab train --model batchnorm --epochs 30 --early-stopping val_accuracy:5\n"
+             "  cifarlab train --model simple --blocks 4 --dropout 0.5 --fraction 0.2\n"
+             "  cifarlab train --config my-run.toml --seed 3",
+    "evaluate": "example:\n  cifarlab evaluate runs/simple-20261129-101500",
+    "models": "example:\n  cifarlab models",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one sentence, no usage dump
+        self.exit(2, f"cifarlab: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers") from None
+
+
+def _typed(kind):
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            word = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {word}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, defaulting to None so config files are not overridden."""
+    hints = typing.get_type_hints(RunConfig)
+    defaults = RunConfig()
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        kinds = [a for a in typing.get_args(hints[name]) if a is not type(None)] or [hints[name]]
+        kind = kinds[0]
+        default = getattr(defaults, name)
+        help_text = HELP[name] + (f" (default: {default})" if default not in (None, ()) else "")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            p.add_argument(flag, type=_int_list, default=None, metavar="N,N,...", help=help_text)
+        else:
+            p.add_argument(flag, type=_typed(kind) if kind in (int, float) else str,
+                           default=None, metavar=name.upper(), help=help_text)
+
+
+def settings_from_args(args) -> RunConfig:
+    values = load_toml(args.config) if args.config else {}
+    values = check_settings(values, where=args.config or "config")
+    values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None})
+    return RunConfig(**values).validate()
+
+
+def cmd_train(args) -> int:
+    from .run import train_run
+    cfg = settings_from_args(args)
+    train_run(cfg, out=args.out, verbose=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .run import evaluate_run
+    evaluate_run(args.run_dir, data=args.data)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import models
+    rows = []
+    for name, (description, cfg) in models.PRESETS.items():
+        trainable, stats = models.count_parameters(models.build(cfg))
+        rows.append((name, description, f"{trainable:,}", f"{trainable + stats:,}"))
+    headers = ("preset", "description", "trainable", "total")
+    widths = [max(len(r[i]) for r in rows + [headers]) for i in range(4)]
+    line = "  ".join("{:<%d}" % widths[0] if i == 0 else "{:<%d}" % w if i == 1 else "{:>%d}" % w
+                     for i, w in enumerate(widths))
+    print(line.format(*headers))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row))
+    print("\nTotal = trainable parameters + batch-norm statistics (Keras' non-trainable count).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="cifarlab", description="Run, compare and explain CNN experiments on "
+                    "CIFAR-10.", epilog="example:\n  cifarlab train --model simple --epochs 10",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text,
+                              epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("train", "train one network and write its run folder")
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_setting_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = command("evaluate", "re-create a run's test report and confusion matrix")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", help="data to evaluate on (default: the run's own)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = command("models", "list the network presets and their parameter counts")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CifarlabError as e:
+        print(f"cifarlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted; the run folder is left unfinished", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

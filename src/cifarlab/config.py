@@ -1,0 +1,157 @@
+"""What a run is made of: every setting, its default, its type and its allowed range.
+
+One flat dataclass serves the command line, TOML config files, study files and the Python
+API, so a setting has one name and one check everywhere. Network settings left at None take
+the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import models
+from .early_stopping import parse_spec
+from .errors import CifarlabError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+NORMALIZE = ("unit", "standard")
+
+
+@dataclass
+class RunConfig:
+    # --- the network: a preset, optionally varied
+    model: str = "simple"
+    blocks: int | None = None
+    filters: tuple[int, ...] | None = None
+    convs_per_block: int | None = None
+    kernel_size: int | None = None
+    batchnorm: bool | None = None
+    head: str | None = None
+    dense: tuple[int, ...] | None = None
+    dropout: float | None = None
+    # --- the data
+    data: str | None = None  # None: $CIFARLAB_DATA or the user cache (downloaded if missing)
+    val_split: int = 5000  # images carved from the training set; 0 validates on the test set
+    fraction: float = 1.0  # of the remaining training images, stratified
+    split_seed: int = 0  # fixes the validation split and subset, the same for every run seed
+    normalize: str = "unit"  # "unit": pixels in [0, 1] as in the study; "standard": mean/std
+    # --- optimisation (defaults are the study's: Adam 1e-3, batch 32)
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # per-step: "onecycle" or "cosine" over the planned epochs
+    # --- early stopping, like Keras' callback
+    early_stopping: str | None = None  # "val_accuracy:10" = metric:patience
+    min_delta: float = 0.0
+    start_from_epoch: int = 0
+    # --- the run
+    seed: int = 0
+    device: str = "auto"
+
+    def net_config(self) -> models.NetConfig:
+        changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}
+        return models.customize(models.preset(self.model), **changes)
+
+    def validate(self) -> "RunConfig":
+        """Check ranges and choices; return self so calls can chain."""
+        def need(ok, message):
+            if not ok:
+                raise CifarlabError(message)
+        need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        need(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}")
+        need(self.val_split >= 0, f"val_split must be 0 or more images, got {self.val_split}")
+        need(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}")
+        need(0 <= self.label_smoothing < 1,
+             f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.min_delta >= 0, f"min_delta must be 0 or more, got {self.min_delta}")
+        need(self.start_from_epoch >= 0,
+             f"start_from_epoch must be 0 or more, got {self.start_from_epoch}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("device", DEVICES), ("normalize", NORMALIZE)):
+            value = getattr(self, name)
+            need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.early_stopping:
+            parse_spec(self.early_stopping)
+        self.net_config()  # unknown preset, impossible shape
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "RunConfig":
+        """Build from plain data (JSON, TOML), refusing unknown keys and wrong types."""
+        return cls(**check_settings(values, where)).validate()
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def check_settings(values: dict, where: str) -> dict:
+    """Type-check a mapping of setting names to values; lists become tuples."""
+    out = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            close = [name for name in FIELDS if name.startswith(key[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise CifarlabError(f"{where}: unknown setting {key!r}{hint}; see `cifarlab train "
+                                "--help` for the settings")
+        out[key] = _coerce(key, value, _HINTS[key], where)
+    return out
+
+
+def _coerce(key, value, hint, where):
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    for kind in kinds:
+        origin = typing.get_origin(kind)
+        if origin is tuple and isinstance(value, (list, tuple)) and value and \
+                all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    expected = " or ".join("a list of whole numbers" if typing.get_origin(k) is tuple
+                           else {int: "a whole number", float: "a number", bool: "true or false",
+                                 str: "a string"}[k] for k in kinds)
+    raise CifarlabError(f"{where}: setting {key!r} must be {expected}, got {value!r}")
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML file as data (never executed), with one-sentence errors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CifarlabError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise CifarlabError(f"cannot read config file {path} ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CifarlabError(f"{path} is not valid TOML ({e}); fix the line it names") from None

@@ -1,0 +1,191 @@
+"""The study's networks: one parametric convolutional family and its presets.
+
+Every network is `blocks` of convolutions (each optionally batch-normalised, then ReLU),
+each block closed by a 2x2 max-pool, followed by a head: flatten or global-average-pool,
+hidden dense layers with ReLU, dropout, and a linear output layer. The network returns
+logits; softmax is applied only for reporting.
+
+Weights start like Keras' defaults (Glorot-uniform kernels, zero biases; batch norm with
+momentum 0.99 and epsilon 1e-3 in Keras' terms) so the presets train the way the original
+Keras study did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import CifarlabError
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    filters: tuple[int, ...] = (32, 64, 128)  # output channels, one entry per block
+    convs_per_block: int = 1
+    kernel_size: int = 3
+    stem_kernel_size: int | None = None  # the first convolution's kernel, if it differs
+    batchnorm: bool = False  # conv -> batch norm -> ReLU, as in the study's part 4
+    head: str = "flatten"  # "flatten" or "gap" (global average pooling)
+    dense: tuple[int, ...] = (128,)  # hidden dense layers before the 10-way output
+    dropout: float = 0.0
+    dropout_at: str = "dense"  # "flatten": once after flatten/GAP; "dense": after each hidden dense
+    num_classes: int = 10
+    image_size: int = 32
+    in_channels: int = 3
+
+
+PRESETS: dict[str, tuple[str, NetConfig]] = {
+    "simple": (
+        "Part 1: three blocks of two 3x3 convs and a max-pool, dropout 0.2, dense 128",
+        NetConfig(filters=(32, 64, 128), convs_per_block=2, dropout=0.2, dropout_at="flatten"),
+    ),
+    "deep": (
+        "Part 2: five blocks of one 3x3 conv and a max-pool, global average pool, dense 128-32",
+        NetConfig(filters=(32, 64, 128, 256, 512), head="gap", dense=(128, 32)),
+    ),
+    "batchnorm": (
+        "Part 4: 5x5 then 3x3 convs with batch norm and max-pool, dense 128, dropout 0.3",
+        NetConfig(filters=(32, 64, 128), stem_kernel_size=5, batchnorm=True, dropout=0.3),
+    ),
+}
+
+# Settings a user may change on top of a preset (command line, study files).
+NET_OVERRIDES = ("blocks", "filters", "convs_per_block", "kernel_size", "batchnorm", "head",
+                 "dense", "dropout")
+
+
+def preset(name: str) -> NetConfig:
+    if name not in PRESETS:
+        raise CifarlabError(
+            f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)} "
+            "(see `cifarlab models`)")
+    return PRESETS[name][1]
+
+
+def customize(config: NetConfig, blocks: int | None = None, **changes) -> NetConfig:
+    """Return `config` with `changes` applied; `blocks` trims or extends the filter list.
+
+    Extra blocks double the last block's filters (capped at 512), the usual way a
+    convolutional stack grows. The result is validated.
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    unknown = set(changes) - set(NET_OVERRIDES)
+    if unknown:
+        raise CifarlabError(f"unknown network setting(s) {', '.join(sorted(unknown))}; "
+                            f"known: blocks, {', '.join(NET_OVERRIDES[1:])}")
+    for key in ("filters", "dense"):
+        if key in changes:
+            changes[key] = tuple(changes[key])
+    config = dataclasses.replace(config, **changes)
+    if blocks is not None:
+        if blocks < 1:
+            raise CifarlabError(f"blocks must be at least 1, got {blocks}")
+        filters = list(config.filters[:blocks])
+        while len(filters) < blocks:
+            filters.append(min(filters[-1] * 2, 512))
+        config = dataclasses.replace(config, filters=tuple(filters))
+    validate(config)
+    return config
+
+
+def validate(config: NetConfig) -> None:
+    """Refuse shapes that cannot be built, with a sentence saying why."""
+    if not config.filters or any(int(f) < 1 for f in config.filters):
+        raise CifarlabError(f"filters must be positive channel counts, got {list(config.filters)}")
+    if any(int(d) < 1 for d in config.dense):
+        raise CifarlabError(f"dense layer sizes must be positive, got {list(config.dense)}")
+    if config.convs_per_block < 1:
+        raise CifarlabError(f"convs_per_block must be at least 1, got {config.convs_per_block}")
+    for k in (config.kernel_size, config.stem_kernel_size or 1):
+        if k < 1 or k > config.image_size:
+            raise CifarlabError(f"kernel size {k} does not fit a {config.image_size}x"
+                                f"{config.image_size} image; use 1 to {config.image_size}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise CifarlabError(f"dropout must be in [0, 1), got {config.dropout}")
+    if config.head not in ("flatten", "gap"):
+        raise CifarlabError(f"head must be 'flatten' or 'gap', got {config.head!r}")
+    if config.dropout_at not in ("flatten", "dense"):
+        raise CifarlabError(f"dropout_at must be 'flatten' or 'dense', got {config.dropout_at!r}")
+    max_blocks = int(math.log2(config.image_size))
+    if len(config.filters) > max_blocks:
+        raise CifarlabError(
+            f"{len(config.filters)} blocks pool a {config.image_size}x{config.image_size} image "
+            f"below 1x1 (each block halves it); use at most {max_blocks} blocks")
+
+
+def build(config: NetConfig) -> nn.Sequential:
+    """Build the network described by `config` (validated first)."""
+    validate(config)
+    layers: list[nn.Module] = []
+    channels = config.in_channels
+    size = config.image_size
+    for block, out in enumerate(config.filters):
+        for i in range(config.convs_per_block):
+            k = config.stem_kernel_size if (block == 0 and i == 0 and config.stem_kernel_size) \
+                else config.kernel_size
+            # With batch norm the conv bias is kept, as Keras' Conv2D has one by default and
+            # the study's parameter count includes it.
+            layers.append(nn.Conv2d(channels, out, k, padding="same"))
+            if config.batchnorm:
+                layers.append(nn.BatchNorm2d(out, eps=1e-3, momentum=0.01))
+            layers.append(nn.ReLU(inplace=True))
+            channels = out
+        # ceil_mode reproduces Keras' padding="same" pooling on odd sizes.
+        layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        size = math.ceil(size / 2)
+    if config.head == "gap":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        features = channels
+    else:
+        layers.append(nn.Flatten())
+        features = channels * size * size
+    if config.dropout and config.dropout_at == "flatten":
+        layers.append(nn.Dropout(config.dropout))
+    for width in config.dense:
+        layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
+        if config.dropout and config.dropout_at == "dense":
+            layers.append(nn.Dropout(config.dropout))
+        features = width
+    layers.append(nn.Linear(features, config.num_classes))
+    net = nn.Sequential(*layers)
+    _keras_init(net)
+    return net
+
+
+def _keras_init(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(net: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, non-trainable statistics) as Keras counts them.
+
+    Non-trainable statistics are batch norm's running means and variances; the step counter
+    PyTorch keeps beside them is not a weight and is not counted.
+    """
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    stats = sum(b.numel() for name, b in net.named_buffers()
+                if name.endswith(("running_mean", "running_var")))
+    return trainable, stats
+
+
+def describe(config: NetConfig) -> str:
+    """A one-line summary of a network's shape, e.g. for custom variants."""
+    convs = f"{config.convs_per_block}x" if config.convs_per_block > 1 else ""
+    parts = [f"{len(config.filters)} blocks {convs}conv{config.kernel_size}"
+             + (f" (first {config.stem_kernel_size}x{config.stem_kernel_size})"
+                if config.stem_kernel_size else "")
+             + " " + "-".join(str(f) for f in config.filters)]
+    if config.batchnorm:
+        parts.append("batch norm")
+    parts.append(config.head)
+    if config.dense:
+        parts.append("dense " + "-".join(str(d) for d in config.dense))
+    if config.dropout:
+        parts.append(f"dropout {config.dropout:g} at {config.dropout_at}")
+    return ", ".join(parts)

@@ -1,0 +1,210 @@
+"""One complete run: data -> network -> fit -> evaluate on the test set -> run folder.
+
+Everything that can be wrong with the input (settings, data, network shape, output folder)
+is checked before the run folder is created, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, models, plots, rundir
+from .config import RunConfig
+from .data import Dataset, load_cifar10
+from .errors import CifarlabError
+from .evaluate import Evaluation, evaluate
+from .loader import Batches, split_dataset
+from .train import FitResult, fit, prepare_model, resolve_device
+
+EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
+
+
+@dataclass
+class RunResult:
+    path: Path
+    config: RunConfig
+    net: nn.Module
+    fit: FitResult
+    evaluation: Evaluation
+    metrics: dict
+
+
+def default_out(cfg: RunConfig, root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(root) / f"{cfg.model}-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = Path(root) / f"{cfg.model}-{stamp}-{n}"
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    env = {"cifarlab": __version__, "torch": torch.__version__,
+           "python": platform.python_version(), "platform": platform.platform(),
+           "device": str(device), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
+    net_cfg = dataclasses.replace(cfg.net_config(), num_classes=num_classes)
+    torch.manual_seed(cfg.seed)  # the seed fixes the initial weights
+    return prepare_model(models.build(net_cfg), device)
+
+
+def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | None = None,
+              verbose: bool = True) -> RunResult:
+    """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>)."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
+    train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
+    net = build_network(cfg, dataset.num_classes, device)
+    out = rundir.create(Path(out) if out else default_out(cfg))
+
+    net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
+    trainable, stats = models.count_parameters(net)
+    rundir.write_json(out / "config.json", {
+        "format_version": rundir.FORMAT_VERSION, "settings": cfg.to_dict(),
+        "network": dataclasses.asdict(net_cfg), "network_summary": models.describe(net_cfg),
+        "trainable_parameters": trainable, "non_trainable_parameters": stats,
+        "classes": list(dataset.classes), "data_source": dataset.source,
+        "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
+                   "test": len(test)},
+    })
+    if verbose:
+        val_text = f"{len(val):,} validation images" if cfg.val_split else \
+            "validating on the test set (the original study's protocol)"
+        print(f"{cfg.model}: {models.describe(net_cfg)}; {trainable:,} trainable parameters\n"
+              f"{len(train):,} training images, {val_text}; device {device}, "
+              f"{torch.get_num_threads()} threads; writing {out}", flush=True)
+
+    train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
+    val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
+    test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
+    history: list[dict] = []
+
+    def save_epoch(row):
+        history.append(row)
+        rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
+
+    result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose)
+    ev = evaluate(net, test_b, dataset.classes)
+    metrics = summarize(cfg, result, ev, device)
+    write_outputs(out, net, result.history, ev, metrics)
+    if verbose:
+        print(summary_text(metrics, out), flush=True)
+    return RunResult(out, cfg, net, result, ev, metrics)
+
+
+def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict:
+    tracker = result.tracker
+    best = tracker.best_epoch or result.weights_epoch
+    best_row = result.history[best - 1]
+    last = result.history[-1]
+    return {
+        "format_version": rundir.FORMAT_VERSION,
+        "status": "finished",
+        "test_accuracy": ev.accuracy,
+        "test_loss": ev.loss,
+        "weights_epoch": result.weights_epoch,
+        "weights": "restored best epoch" if result.restored else "last epoch",
+        "monitor": tracker.monitor,
+        "best_epoch": best,
+        "best_val_accuracy": best_row["val_accuracy"],
+        "best_val_loss": best_row["val_loss"],
+        "final_val_accuracy": last["val_accuracy"],
+        "overfit_gap": best_row["accuracy"] - best_row["val_accuracy"],
+        "epochs_run": len(result.history),
+        "stopped_epoch": tracker.stopped_epoch or None,
+        "train_time_s": result.train_time_s,
+        "validated_on": "test set" if cfg.val_split == 0 else "validation split",
+        "most_confused": [{"true": t, "predicted": p, "count": c}
+                          for t, p, c in ev.most_confused(3)],
+        "environment": environment(device),
+    }
+
+
+def write_outputs(out: Path, net: nn.Module, history: list[dict], ev: Evaluation,
+                  metrics: dict) -> None:
+    """Everything but config.json; metrics.json last, as the mark of a finished run."""
+    rundir.save_weights(out / "model.safetensors", net, {"format_version": rundir.FORMAT_VERSION})
+    rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
+    write_report(out, ev, metrics)
+    plots.learning_curves(history, out / "curves.png", metrics["best_epoch"],
+                          title=f"{out.name}: test accuracy {ev.accuracy:.4f}")
+    rundir.write_json(out / "metrics.json", metrics)
+
+
+def write_report(out: Path, ev: Evaluation, metrics: dict) -> None:
+    header = (f"Test set, {len(ev.labels):,} images; weights of epoch {metrics['weights_epoch']} "
+              f"({metrics['weights']}).\n\n")
+    rundir.atomic_write(out / "classification_report.txt", header + ev.report())
+    confusion = ev.confusion
+    lines = ["true\\predicted," + ",".join(ev.classes)]
+    lines += [f"{name}," + ",".join(str(int(v)) for v in row)
+              for name, row in zip(ev.classes, confusion)]
+    rundir.atomic_write(out / "confusion_matrix.csv", "\n".join(lines) + "\n")
+    plots.confusion_matrix(confusion, ev.classes, out / "confusion_matrix.png",
+                           title=f"Confusion matrix (test accuracy {ev.accuracy:.4f})")
+
+
+def summary_text(metrics: dict, out: Path) -> str:
+    pairs = ", ".join(f"{p['true']} -> {p['predicted']}: {p['count']}"
+                      for p in metrics["most_confused"]) or "none"
+    stopped = f"stopped early after epoch {metrics['stopped_epoch']}, " \
+        if metrics["stopped_epoch"] else ""
+    return (f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
+            f"with the weights of epoch {metrics['weights_epoch']} ({metrics['weights']}); "
+            f"{stopped}best {metrics['monitor']} at epoch {metrics['best_epoch']}, "
+            f"val accuracy {metrics['best_val_accuracy']:.4f}, "
+            f"over-fitting gap {metrics['overfit_gap']:+.4f}; "
+            f"training took {metrics['train_time_s']:.0f} s.\n"
+            f"Most confused (true -> predicted): {pairs}\n"
+            f"Run folder: {out}")
+
+
+def load_network(run: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a run's network from its config.json and load its weights."""
+    info = rundir.load_run(run)
+    net_cfg = models.NetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in info["config"]["network"].items()})
+    net = models.build(net_cfg)
+    rundir.load_weights(Path(run) / "model.safetensors", net)
+    return prepare_model(net, torch.device(device)), info
+
+
+def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True) -> Evaluation:
+    """Re-create a run's report and confusion matrix on the test set from its saved weights."""
+    run = Path(run)
+    info = rundir.load_run(run)
+    settings = RunConfig.from_dict(info["config"]["settings"], where=str(run / "config.json"))
+    device = resolve_device(settings.device)
+    net, info = load_network(run, device)
+    dataset = load_cifar10(data if data is not None else settings.data, progress=verbose)
+    if tuple(dataset.classes) != tuple(info["config"]["classes"]):
+        raise CifarlabError(f"the data's classes ({', '.join(dataset.classes)}) differ from the "
+                            f"run's ({', '.join(info['config']['classes'])}); pass the --data "
+                            "the run was trained on")
+    test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
+    ev = evaluate(net, test_b, dataset.classes)
+    metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
+    metrics.setdefault("weights_epoch", "?")
+    metrics.setdefault("weights", "saved weights")
+    write_report(run, ev, metrics)
+    if verbose:
+        pairs = ", ".join(f"{t} -> {p}: {c}" for t, p, c in ev.most_confused(3))
+        print(ev.report() + f"\nTest accuracy {ev.accuracy:.4f}; most confused: {pairs}\n"
+              f"Rewrote {run / 'classification_report.txt'}, confusion_matrix.csv and .png",
+              flush=True)
+    return ev
