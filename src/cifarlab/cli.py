@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (argparse's own exits included)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag argparse could not parse
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except CifarlabError as e:

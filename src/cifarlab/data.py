@@ -139,6 +139,10 @@ def _detect(path: Path) -> tuple[str, Path] | None:
 # --------------------------------------------------------------------------- python pickles
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only the globals a CIFAR batch needs: numpy arrays and dtypes.
 
@@ -157,14 +161,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        raise _Refused(f"global {module}.{name} is not allowed")
 
 
 def restricted_loads(blob: bytes, what: str):
     """Unpickle a CIFAR batch without letting it run code; `what` names it in errors."""
     try:
         return _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise CifarlabError(f"{what} is not a valid CIFAR-10 batch ({e}); "
                             "replace it with a copy of the official release") from None
     except Exception as e:  # truncated or garbled pickles raise all sorts of things
@@ -429,10 +433,11 @@ def _save_cached(key: str, data: Dataset) -> None:
 # --------------------------------------------------------------------------- download
 
 
-def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+def download_cifar10(dest: Path, url: str | None = None, md5: str | None = None,
                      progress: bool = True) -> Path:
     """Download the official python archive into `dest`, verify it and extract it safely."""
     from tqdm import tqdm
+    url, md5 = url or CIFAR10_URL, md5 or CIFAR10_MD5
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit needed
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -24,6 +25,7 @@ def learning_curves(history: list[dict], path: Path, best_epoch: int | None = No
         if best_epoch:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

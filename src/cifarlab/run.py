@@ -66,6 +66,8 @@ def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | Non
               verbose: bool = True) -> RunResult:
     """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>)."""
     cfg.validate()
+    if cfg.data:  # recorded absolute, so `cifarlab evaluate` works from any folder
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
     device = resolve_device(cfg.device)
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
