@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import typing
+from pathlib import Path
 
 from . import __version__
 from .config import FIELDS, RunConfig, check_settings, load_toml
@@ -54,6 +56,15 @@ EXAMPLES = {
              "  cifarlab train --config my-run.toml --seed 3",
     "evaluate": "example:\n  cifarlab evaluate runs/simple-20261129-101500",
     "models": "example:\n  cifarlab models",
+    "study": "examples:\n"
+             "  cifarlab study --list\n"
+             "  cifarlab study seed --print > my-study.toml\n"
+             "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 2 --fraction 0.1 "
+             "--max-epochs 4 --jobs 2 --out runs/seed-small\n"
+             "  cifarlab study my-study.toml --out runs/mine",
+    "report": "example:\n  cifarlab report runs/seed-small",
+    "compare": "example:\n  cifarlab compare runs/seed-small runs/simple-20261129-101500 "
+               "--out runs/comparison",
 }
 
 
@@ -141,6 +152,63 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from . import study as studies
+    if args.list:
+        print(studies.describe_builtins())
+        return 0
+    if not args.study:
+        raise CifarlabError("name a study file or a built-in study (see `cifarlab study --list`)")
+    st = studies.load(args.study)
+    for key in ("data", "device"):
+        if getattr(args, key) is not None:
+            st.defaults[key] = getattr(args, key)
+    st = studies.apply_scale(st, studies.Scale(args.seeds, args.epochs_scale, args.fraction,
+                                               args.max_epochs))
+    if args.print:
+        print(studies.to_toml(st), end="")
+        return 0
+    from . import report
+    from .runner import run_study
+    out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
+    started = time.perf_counter()
+    try:
+        failed = run_study(st, out, jobs=args.jobs)
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
+              "train the rest", file=sys.stderr)
+        return 130
+    html_path, md_path = report.write(report.collect_study(out), out)
+    print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
+          f"and {md_path}")
+    print(report.markdown_table(report.collect_study(out)))
+    if failed:
+        print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
+              "re-run the same command to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+    results = report.collect_study(args.dir)
+    html_path, md_path = report.write(results, args.dir)
+    print(report.markdown_table(results))
+    print(f"\nWrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import report
+    results = report.collect_runs(args.runs)
+    print(report.markdown_table(results))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        html_path, md_path = report.write(results, args.out)
+        print(f"\nWrote {html_path} and {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarlab", description="Run, compare and explain CNN experiments on "
                     "CIFAR-10.", epilog="example:\n  cifarlab train --model simple --epochs 10",
@@ -168,6 +236,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("models", "list the network presets and their parameter counts")
     p.set_defaults(func=cmd_models)
+
+    p = command("study", "run a whole study (variants x seeds) and write its report")
+    p.add_argument("study", nargs="?", metavar="FILE_OR_NAME",
+                   help="a study TOML file or a built-in study name")
+    p.add_argument("--list", action="store_true", help="list the built-in studies")
+    p.add_argument("--print", action="store_true", help="print the study as TOML and exit")
+    p.add_argument("--out", metavar="DIR", help="study folder (default runs/study-<name>)")
+    p.add_argument("--jobs", type=_typed(int), default=1, metavar="N",
+                   help="runs trained at once, each with its share of the cores (default 1)")
+    p.add_argument("--data", help=HELP["data"])
+    p.add_argument("--device", help=HELP["device"])
+    p.add_argument("--seeds", type=_typed(int), metavar="N", help="use N seeds")
+    p.add_argument("--epochs-scale", type=_typed(float), default=1.0, metavar="X",
+                   help="multiply every variant's epochs by X")
+    p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
+                   help="multiply every variant's training fraction by F")
+    p.add_argument("--max-epochs", type=_typed(int), metavar="N", help="cap every run's epochs")
+    p.set_defaults(func=cmd_study)
+
+    p = command("report", "rebuild a study's report.html and report.md from its run folders")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = command("compare", "compare run folders (or study folders) with statistics over seeds")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="also write report.html and report.md here")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

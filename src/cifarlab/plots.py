@@ -9,8 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit needed
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(history: list[dict], path: Path, best_epoch: int | None = None,

@@ -63,8 +63,12 @@ def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.
 
 
 def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | None = None,
-              verbose: bool = True) -> RunResult:
-    """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>)."""
+              verbose: bool = True, on_epoch_end=None, labels: dict | None = None) -> RunResult:
+    """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>).
+
+    `on_epoch_end(row)` is called after each epoch's history row is saved; `labels` (e.g.
+    the study and variant a run belongs to) are recorded in config.json.
+    """
     cfg.validate()
     if cfg.data:  # recorded absolute, so `cifarlab evaluate` works from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
@@ -81,6 +85,7 @@ def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | Non
         "network": dataclasses.asdict(net_cfg), "network_summary": models.describe(net_cfg),
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
+        "labels": labels or {},
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
@@ -99,6 +104,8 @@ def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | Non
     def save_epoch(row):
         history.append(row)
         rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
 
     result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose)
     ev = evaluate(net, test_b, dataset.classes)
@@ -128,11 +135,15 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict
         "final_val_accuracy": last["val_accuracy"],
         "overfit_gap": best_row["accuracy"] - best_row["val_accuracy"],
         "epochs_run": len(result.history),
+        "planned_epochs": cfg.epochs,
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",
         "most_confused": [{"true": t, "predicted": p, "count": c}
                           for t, p, c in ev.most_confused(3)],
+        "per_class": {name: {"precision": r["precision"], "recall": r["recall"],
+                             "f1": r["f1-score"], "support": int(r["support"])}
+                      for name, r in ev.report_dict().items() if name in ev.classes},
         "environment": environment(device),
     }
 

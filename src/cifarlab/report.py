@@ -1,0 +1,535 @@
+"""Study reports: statistics over seeds, comparisons with the baseline, plots, HTML and Markdown.
+
+Everything is rebuilt from run folders alone (`cifarlab report DIR`, `cifarlab compare RUN...`),
+so a report never depends on the process that trained the runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import rundir, stats
+from .errors import CifarlabError
+
+METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val accuracy"),
+           ("best_epoch", "best epoch"), ("train_time_s", "train time (s)"),
+           ("overfit_gap", "over-fitting gap"))
+
+
+@dataclass
+class Run:
+    path: Path
+    seed: int
+    config: dict
+    metrics: dict
+    history: list[dict]
+
+
+@dataclass
+class Group:
+    """One variant: its runs over seeds."""
+
+    name: str
+    runs: list[Run] = field(default_factory=list)
+    swept: dict = field(default_factory=dict)
+    group: str = ""
+
+    def values(self, metric: str) -> dict:
+        return {r.seed: r.metrics[metric] for r in self.runs if r.metrics.get(metric) is not None}
+
+    def summary(self, metric: str) -> stats.Summary:
+        return stats.summarize(self.values(metric).values())
+
+
+@dataclass
+class Results:
+    title: str
+    groups: list[Group]
+    baseline: str
+    settings: dict  # shown at the top of the report
+    scale_text: str = ""
+    unfinished: list[str] = field(default_factory=list)
+
+    def group(self, name: str) -> Group:
+        return next(g for g in self.groups if g.name == name)
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+def _read_run(path: Path) -> Run | None:
+    if not rundir.is_finished(path):
+        return None
+    info = rundir.load_run(path)
+    return Run(path, int(info["config"]["settings"]["seed"]), info["config"], info["metrics"],
+               info["history"])
+
+
+def collect_study(out: str | Path) -> Results:
+    out = Path(out)
+    try:
+        study = json.loads((out / "study.json").read_text())
+    except (OSError, ValueError):
+        raise CifarlabError(f"{out} is not a study folder (no readable study.json); run "
+                            "`cifarlab study` there first, or use `cifarlab compare` on run "
+                            "folders") from None
+    from .study import slug
+    groups, unfinished = [], []
+    for v in study["variants"]:
+        g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""))
+        for seed in study["seeds"]:
+            path = out / "runs" / slug(v["name"]) / f"seed-{seed}"
+            run = _read_run(path)
+            if run is None:
+                unfinished.append(f"{v['name']} seed {seed}")
+            else:
+                g.runs.append(run)
+        groups.append(g)
+    settings = {"study": study["name"], "description": study.get("description", ""),
+                "source": study.get("source", ""), "seeds": ", ".join(map(str, study["seeds"])),
+                "scale": study.get("scale_text", ""),
+                **{f"default {k}": v for k, v in study.get("defaults", {}).items()}}
+    return Results(f"Study {study['name']}", groups, study["baseline"], settings,
+                   study.get("scale_text", ""), unfinished)
+
+
+def collect_runs(paths: list[str | Path]) -> Results:
+    """Group arbitrary run folders (or study folders) into variants for `cifarlab compare`.
+
+    Runs that a study labelled keep their study and variant name; other runs are grouped by
+    their settings apart from the seed, named after their folder.
+    """
+    groups: dict[str, Group] = {}
+    for p in map(Path, paths):
+        if (p / "study.json").is_file():
+            for g in collect_study(p).groups:
+                for run in g.runs:
+                    _add(groups, f"{p.name}/{g.name}", run, g)
+            continue
+        run = _read_run(p)
+        if run is None:
+            raise CifarlabError(f"{p} is not a finished run folder (no metrics.json marked "
+                                "finished); give run folders or study folders")
+        labels = run.config.get("labels") or {}
+        if labels.get("variant"):
+            name = f"{labels.get('study', '')}/{labels['variant']}".lstrip("/")
+        else:
+            settings = {k: v for k, v in run.config["settings"].items() if k != "seed"}
+            same = next((g for g in groups.values() if g.runs and {
+                k: v for k, v in g.runs[0].config["settings"].items() if k != "seed"}
+                == settings), None)
+            name = same.name if same else p.name
+        _add(groups, name, run, None)
+    if not groups:
+        raise CifarlabError("no runs to compare; give run folders or study folders")
+    ordered = list(groups.values())
+    return Results("Comparison of runs", ordered, ordered[0].name,
+                   {"runs": ", ".join(str(p) for p in paths)})
+
+
+def _add(groups: dict, name: str, run: Run, like: Group | None) -> None:
+    g = groups.setdefault(name, Group(name, swept=like.swept if like else {},
+                                      group=like.group if like else ""))
+    if any(r.seed == run.seed for r in g.runs):  # two runs with one seed: keep both apart
+        name = f"{name} ({run.path.name})"
+        g = groups.setdefault(name, Group(name))
+    g.runs.append(run)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def table_rows(results: Results) -> list[dict]:
+    base = results.group(results.baseline)
+    rows = []
+    for g in results.groups:
+        row = {"variant": g.name, "seeds": len(g.runs)}
+        for key, _ in METRICS:
+            row[key] = g.summary(key)
+        if g.name == results.baseline:
+            row["vs_baseline"] = None
+        elif g.runs and base.runs:
+            row["vs_baseline"] = stats.compare(base.values("test_accuracy"),
+                                               g.values("test_accuracy"))
+        else:
+            row["vs_baseline"] = None
+        rows.append(row)
+    return rows
+
+
+def _cmp_text(c: stats.Comparison | None, baseline: bool) -> tuple[str, str]:
+    if baseline:
+        return "baseline", ""
+    if c is None:
+        return "no runs", ""
+    if math.isnan(c.ci_low):
+        return f"{c.diff:+.4f}", c.verdict
+    return (f"{c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}] p={c.p_value:.3f}",
+            c.verdict)
+
+
+def markdown_table(results: Results) -> str:
+    head = ["variant", "seeds"] + [label for _, label in METRICS] + \
+        ["Δ test acc. vs baseline [95% CI], p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table_rows(results):
+        diff, verdict = _cmp_text(row["vs_baseline"], row["variant"] == results.baseline)
+        cells = [row["variant"], str(row["seeds"])]
+        for key, _ in METRICS:
+            digits = 1 if key in ("train_time_s", "best_epoch") else 4
+            cells.append(row[key].text(digits))
+        lines.append("| " + " | ".join(cells + [diff, verdict]) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figure_curves(results: Results) -> bytes:
+    """Mean validation accuracy and loss per epoch for every variant, with a band over seeds."""
+    import matplotlib.pyplot as plt
+
+    from . import plots  # noqa: F401  (selects the file-only backend)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, g in enumerate(results.groups):
+        color = plt.cm.tab20(i % 20)
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            longest = max((len(r.history) for r in g.runs), default=0)
+            if not longest:
+                continue
+            epochs = np.arange(1, longest + 1)
+            series = [[r.history[e - 1][key] for r in g.runs if len(r.history) >= e]
+                      for e in epochs]
+            mean = np.array([np.mean(s) for s in series])
+            low = np.array([np.min(s) for s in series])
+            high = np.array([np.max(s) for s in series])
+            ax.plot(epochs, mean, color=color, label=g.name, lw=1.6)
+            ax.fill_between(epochs, low, high, color=color, alpha=0.15)
+    for ax, label in zip(axes, ("validation accuracy", "validation loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("mean over seeds (band: min to max)")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def sweeps(results: Results) -> dict[str, list[Group]]:
+    """Grids: the variants each grid expanded into, by grid name."""
+    out: dict[str, list[Group]] = {}
+    for g in results.groups:
+        if g.swept and g.group:
+            out.setdefault(g.group, []).append(g)
+    return out
+
+
+def figure_sweep(name: str, groups: list[Group]) -> bytes:
+    """Test accuracy against the swept setting (one line per value of a second setting);
+    for data fractions, training time on a second axis."""
+    import matplotlib.pyplot as plt
+    keys = list(groups[0].swept)
+    x_key = next((k for k in keys if k == "fraction"), keys[0])
+    other = [k for k in keys if k != x_key]
+
+    def xval(v):
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    lines: dict[str, list[Group]] = {}
+    for g in groups:
+        label = ", ".join(f"{k}={g.swept[k]}" for k in other) or "test accuracy"
+        lines.setdefault(label, []).append(g)
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    numeric = all(isinstance(xval(g.swept[x_key]), (int, float)) for g in groups)
+    categories = [] if numeric else list(dict.fromkeys(str(g.swept[x_key]) for g in groups))
+    for label, gs in lines.items():
+        xs = [g.swept[x_key] if numeric else categories.index(str(g.swept[x_key])) for g in gs]
+        s = [g.summary("test_accuracy") for g in gs]
+        err = [0 if math.isnan(v.ci_low) else v.mean - v.ci_low for v in s]
+        ax.errorbar(xs, [v.mean for v in s], yerr=err, marker="o", capsize=3, label=label)
+    if not numeric:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("test accuracy (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    if x_key == "fraction" and not other:
+        ax2 = ax.twinx()
+        ax2.plot([g.swept[x_key] for g in groups],
+                 [g.summary("train_time_s").mean for g in groups], "s--", color="tab:red",
+                 label="train time")
+        ax2.set_ylabel("training time (s)", color="tab:red")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{name}: test accuracy against {x_key}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_sum(g: Group) -> tuple[np.ndarray, list[str]] | None:
+    total, classes = None, None
+    for r in g.runs:
+        lines = (r.path / "confusion_matrix.csv").read_text().strip().splitlines()
+        classes = lines[0].split(",")[1:]
+        m = np.array([[int(v) for v in line.split(",")[1:]] for line in lines[1:]])
+        total = m if total is None else total + m
+    return (total, classes) if total is not None else None
+
+
+def figure_confusion(g: Group) -> bytes | None:
+    import matplotlib.pyplot as plt
+    found = confusion_sum(g)
+    if found is None:
+        return None
+    m, classes = found
+    f1 = [np.mean([r.metrics["per_class"][c]["f1"] for r in g.runs]) for c in classes]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6),
+                                  gridspec_kw={"width_ratios": [1.25, 1]})
+    ax.imshow(m, cmap="Blues")
+    n = len(classes)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion, summed over {len(g.runs)} seed(s)", fontsize=9)
+    ax2.barh(range(n), f1, color="tab:blue")
+    ax2.set_yticks(range(n), classes, fontsize=7)
+    ax2.invert_yaxis()
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("F1 (mean over seeds)")
+    for i, v in enumerate(f1):
+        ax2.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=7)
+    fig.suptitle(g.name, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def most_confused_pairs(g: Group, k: int = 5) -> list[tuple[str, str, int]]:
+    from .evaluate import most_confused
+    found = confusion_sum(g)
+    return most_confused(found[0], found[1], k) if found else []
+
+
+def misclassified_gallery(g: Group, count: int = 24) -> list[dict]:
+    """The best variant's most confident mistakes on the test set (first seed's run)."""
+    import torch
+    from PIL import Image
+
+    from .config import RunConfig
+    from .data import load_cifar10
+    from .evaluate import evaluate
+    from .loader import Batches, split_dataset
+    from .run import EVAL_BATCH, load_network
+    run = g.runs[0]
+    settings = RunConfig.from_dict(run.config["settings"], where=str(run.path))
+    net, _ = load_network(run.path, "cpu")
+    data = load_cifar10(settings.data, download=False, progress=False)
+    test = split_dataset(data, 0)[2]
+    ev = evaluate(net, Batches(test, EVAL_BATCH, torch.device("cpu"), settings.normalize),
+                  data.classes)
+    wrong = np.flatnonzero(ev.predictions != ev.labels)
+    confidence = ev.probabilities[wrong, ev.predictions[wrong]]
+    out = []
+    for i in wrong[np.argsort(-confidence)][:count]:
+        buf = io.BytesIO()
+        Image.fromarray(test.x[i]).resize((64, 64), Image.NEAREST).save(buf, format="PNG")
+        out.append({"png": buf.getvalue(), "true": data.classes[ev.labels[i]],
+                    "predicted": data.classes[ev.predictions[i]],
+                    "confidence": float(ev.probabilities[i, ev.predictions[i]])})
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write(results: Results, out: str | Path, gallery: bool = True) -> tuple[Path, Path]:
+    """Write report.html (self-contained) and report.md with its PNGs in report_files/."""
+    out = Path(out)
+    files = out / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    images: list[tuple[str, str, bytes]] = []  # (section, caption, png)
+    if any(g.runs for g in results.groups):
+        images.append(("curves", "Validation curves per variant", figure_curves(results)))
+    for name, gs in sweeps(results).items():
+        if len(gs) > 1:
+            images.append(("sweeps", f"{name}: accuracy against the swept setting",
+                           figure_sweep(name, gs)))
+    for g in results.groups:
+        png = figure_confusion(g) if g.runs else None
+        if png:
+            images.append(("confusion", g.name, png))
+    ranked = sorted((g for g in results.groups if g.runs),
+                    key=lambda g: -g.summary("test_accuracy").mean)
+    best = ranked[0] if ranked else None
+    gallery_items, gallery_note = [], ""
+    if gallery and best is not None:
+        try:
+            gallery_items = misclassified_gallery(best)
+            if not gallery_items:
+                gallery_note = "The best variant classified every test image correctly."
+        except CifarlabError as e:
+            gallery_note = f"No gallery: the test images could not be loaded ({e})."
+    names = {}
+    for i, (section, caption, png) in enumerate(images):
+        name = f"{i:02d}-{section}.png"
+        rundir.atomic_write(files / name, png)
+        names[i] = name
+    md = _markdown(results, images, names, best, gallery_items, gallery_note)
+    page = _html(results, images, best, gallery_items, gallery_note)
+    rundir.atomic_write(out / "report.md", md)
+    rundir.atomic_write(out / "report.html", page)
+    return out / "report.html", out / "report.md"
+
+
+def _settings_rows(results: Results) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in results.settings.items() if v not in ("", None)]
+
+
+def _markdown(results, images, names, best, gallery, gallery_note) -> str:
+    parts = [f"# {results.title}", ""]
+    if results.scale_text and results.scale_text.startswith("SCALED"):
+        parts += [f"> **{results.scale_text}** — not the full study.", ""]
+    parts += ["## Settings", "", "| setting | value |", "|---|---|"]
+    parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
+    parts += ["", "## Results", "", STAT_NOTE, "", markdown_table(results), ""]
+    if results.unfinished:
+        parts += [f"Unfinished runs (left out): {', '.join(results.unfinished)}", ""]
+    for i, (section, caption, _) in enumerate(images):
+        parts += [f"### {caption}", "", f"![{caption}](report_files/{names[i]})", ""]
+    parts += ["## Most confused class pairs (true -> predicted, summed over seeds)", ""]
+    for g in results.groups:
+        pairs = most_confused_pairs(g, 3) if g.runs else []
+        parts.append(f"- **{g.name}**: " + (", ".join(f"{t} -> {p}: {c}" for t, p, c in pairs)
+                                           or "none"))
+    parts.append("")
+    if best is not None:
+        parts += [f"## Misclassified test images of the best variant ({best.name})", ""]
+        parts.append(gallery_note or f"{len(gallery)} most confident mistakes; see report.html "
+                                     "for the images.")
+    return "\n".join(parts) + "\n"
+
+
+STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t confidence interval] "
+             "over seeds. Metrics are those of the weights each run kept: the restored best "
+             "epoch with early stopping, else the last epoch. The comparison with the baseline "
+             "is the difference in mean test accuracy, paired by seed (paired t-test) when the "
+             "variants share seeds, else Welch's t-test; verdicts at the 5% level.")
+
+
+def _html(results, images, best, gallery, gallery_note) -> str:
+    e = html.escape
+
+    def img(png, alt):
+        return (f'<img alt="{e(alt)}" src="data:image/png;base64,'
+                f'{base64.b64encode(png).decode()}">')
+    rows = []
+    for row in table_rows(results):
+        diff, verdict = _cmp_text(row["vs_baseline"], row["variant"] == results.baseline)
+        cells = [f'<td>{e(row["variant"])}</td>',
+                 f'<td data-v="{row["seeds"]}">{row["seeds"]}</td>']
+        for key, _ in METRICS:
+            s = row[key]
+            digits = 1 if key in ("train_time_s", "best_epoch") else 4
+            value = "" if math.isnan(s.mean) else f"{s.mean}"
+            cells.append(f'<td data-v="{value}">{e(s.text(digits))}</td>')
+        c = row["vs_baseline"]
+        cells.append(f'<td data-v="{"" if c is None else c.diff}">{e(diff)}</td>')
+        cls = verdict.split()[0] if verdict in ("better", "worse") else "same"
+        cells.append(f'<td class="{cls}">{e(verdict)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{e(h)}</th>" for h in ["variant", "seeds"] + [m for _, m in METRICS]
+                   + ["Δ test accuracy vs baseline [95% CI], p", "verdict"])
+    settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
+                       for k, v in _settings_rows(results))
+    banner = ""
+    if results.scale_text and results.scale_text.startswith("SCALED"):
+        banner = f'<p class="banner">{e(results.scale_text)} — not the full study.</p>'
+    sections = {"curves": [], "sweeps": [], "confusion": []}
+    for section, caption, png in images:
+        sections[section].append(f"<figure>{img(png, caption)}<figcaption>{e(caption)}"
+                                 "</figcaption></figure>")
+    pairs = []
+    for g in results.groups:
+        found = most_confused_pairs(g, 3) if g.runs else []
+        pairs.append(f"<li><b>{e(g.name)}</b>: " + (", ".join(
+            f"{e(t)} → {e(p)}: {c}" for t, p, c in found) or "none") + "</li>")
+    tiles = "".join(
+        f'<div class="tile">{img(item["png"], item["true"])}<span>true <b>{e(item["true"])}'
+        f'</b><br>predicted <b>{e(item["predicted"])}</b><br>{item["confidence"]:.0%}</span>'
+        "</div>" for item in gallery)
+    unfinished = (f"<p>Unfinished runs (left out): {e(', '.join(results.unfinished))}</p>"
+                  if results.unfinished else "")
+    best_title = f" of the best variant ({e(best.name)})" if best is not None else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(results.title)}</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+#results th {{ cursor: pointer; background: #f3f5f8; }}
+#results th:hover {{ background: #e3e8ef; }}
+td.better {{ color: #0a7d2c; font-weight: bold; }} td.worse {{ color: #b00020; font-weight: bold; }}
+.banner {{ background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }}
+figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 13px; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.tile {{ width: 130px; font-size: 12px; }} .tile img {{ width: 64px; height: 64px;
+        image-rendering: pixelated; display: block; }}
+.note {{ color: #555; font-size: 13px; max-width: 60em; }}
+</style></head><body>
+<h1>{e(results.title)}</h1>
+{banner}
+<h2>Settings</h2><table>{settings}</table>
+<h2>Results</h2>
+<p class="note">{e(STAT_NOTE)} Click a column heading to sort.</p>
+<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+{unfinished}
+<h2>Learning curves</h2>{"".join(sections["curves"]) or "<p>No finished runs.</p>"}
+<h2>Accuracy against the swept settings</h2>{"".join(sections["sweeps"]) or
+    "<p>This study sweeps no setting.</p>"}
+<h2>Confusion matrices and per-class F1</h2>{"".join(sections["confusion"])}
+<h2>Most confused class pairs</h2><ul>{"".join(pairs)}</ul>
+<h2>Misclassified test images{best_title}</h2>
+<p class="note">{e(gallery_note) or "The most confident mistakes of its first seed's run."}</p>
+<div class="gallery">{tiles}</div>
+<script>
+document.querySelectorAll("#results th").forEach(function (th, col) {{
+  th.addEventListener("click", function () {{
+    var body = document.querySelector("#results tbody");
+    var rows = Array.from(body.rows);
+    var up = th.dataset.dir !== "up";
+    th.dataset.dir = up ? "up" : "down";
+    rows.sort(function (a, b) {{
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      if (x === undefined || y === undefined) {{
+        x = a.cells[col].textContent; y = b.cells[col].textContent;
+        return up ? x.localeCompare(y) : y.localeCompare(x);
+      }}
+      x = x === "" ? -Infinity : parseFloat(x); y = y === "" ? -Infinity : parseFloat(y);
+      return up ? x - y : y - x;
+    }});
+    rows.forEach(function (r) {{ body.appendChild(r); }});
+  }});
+}});
+document.body.dataset.ready = document.images.length;
+</script>
+</body></html>
+"""

@@ -1,0 +1,287 @@
+"""Run a study: every variant x seed into its own run folder, `jobs` at a time.
+
+    DIR/study.json                       the study as run (settings, seeds, scale knobs)
+    DIR/runs/<variant>/seed-<k>/         one ordinary run folder per variant and seed
+
+Re-running the same command skips finished runs (their metrics.json says so) and redoes
+unfinished ones, so an interrupted study costs only the runs in progress. Jobs are separate
+processes, each with its share of the cores (or its own GPU), reporting epochs back to one
+progress display.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import rundir
+from .config import RunConfig
+from .errors import CifarlabError
+from .run import train_run
+from .study import Study, slug
+
+
+@dataclass
+class Task:
+    variant: str
+    seed: int
+    cfg: RunConfig
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
+def plan(study: Study, out: Path) -> list[Task]:
+    return [Task(v.name, seed, study.config(v, seed), out / "runs" / slug(v.name) / f"seed-{seed}")
+            for v, seed in study.runs()]
+
+
+def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
+    """Refuse to mix a changed study into a folder that holds another one's finished runs."""
+    recorded = out / "study.json"
+    if recorded.is_file():
+        try:
+            old = json.loads(recorded.read_text())
+        except ValueError:
+            old = {}
+        if old.get("name") not in (None, study.name):
+            raise CifarlabError(f"{out} holds the study {old.get('name')!r}, not {study.name!r}; "
+                                "choose another --out")
+    for t in tasks:
+        if rundir.is_finished(t.path):
+            saved = json.loads((t.path / "config.json").read_text())["settings"]
+            planned = t.cfg.to_dict()
+            if saved.get("data") and planned.get("data"):
+                planned["data"] = str(Path(planned["data"]).expanduser().resolve())
+            changed = sorted(k for k in planned if saved.get(k) != planned[k])
+            if changed:
+                raise CifarlabError(
+                    f"the finished run {t.path} was trained with other settings "
+                    f"({', '.join(changed)}); finished runs are never overwritten, so use "
+                    "another --out for the changed study")
+
+
+def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True) -> list[Task]:
+    """Train every unfinished run of `study` under `out`; return the tasks that failed."""
+    out = Path(out)
+    if jobs < 1:
+        raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
+    tasks = plan(study, out)
+    for t in tasks:
+        t.cfg.validate()
+    _check_same_study(study, out, tasks)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
+                            "writable --out") from None
+    rundir.write_json(out / "study.json", study.to_dict())
+    todo = [t for t in tasks if not rundir.is_finished(t.path)]
+    for t in todo:  # an unfinished folder is a crashed or interrupted run: start it afresh
+        if t.path.exists():
+            shutil.rmtree(t.path)
+    progress = StudyProgress(len(tasks), len(tasks) - len(todo),
+                             sum(t.cfg.epochs for t in todo), live=verbose and sys.stdout.isatty(),
+                             enabled=verbose)
+    progress.begin(out)
+    failed: list[Task] = []
+    if not todo:
+        return failed
+    # Decode the data once here so every job reads it from the cache in a fraction of a second.
+    from .data import load_cifar10
+    for source in {t.cfg.data for t in todo}:
+        load_cifar10(source, progress=verbose)
+    if jobs == 1:
+        for t in todo:
+            progress.start(t.key)
+            try:
+                result = train_run(t.cfg, t.path, verbose=False, labels=_labels(study, t),
+                                   on_epoch_end=lambda row, t=t: progress.epoch(
+                                       t.key, row["epoch"], t.cfg.epochs))
+                progress.finish(t.key, result.metrics)
+            except CifarlabError as e:
+                failed.append(t)
+                progress.fail(t.key, str(e))
+        return failed
+    return _run_parallel(study, todo, jobs, progress)
+
+
+def _labels(study: Study, t: Task) -> dict:
+    variant = next(v for v in study.variants if v.name == t.variant)
+    return {"study": study.name, "variant": t.variant, "swept": variant.swept,
+            "group": variant.group}
+
+
+# --------------------------------------------------------------------------- parallel jobs
+
+_QUEUE = None
+
+
+def _worker_init(threads: int, queue, devices) -> None:
+    import torch
+    global _QUEUE
+    _QUEUE = queue
+    torch.set_num_threads(threads)
+    if devices:  # one GPU per job: each worker takes the next free device index
+        torch.cuda.set_device(devices.get())
+
+
+def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict) -> dict:
+    cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    _QUEUE.put(("start", key, 0, cfg.epochs))
+    result = train_run(cfg, path, verbose=False, labels=labels,
+                       on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
+                                                            cfg.epochs)))
+    return result.metrics
+
+
+def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[Task]:
+    import torch
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    queue = ctx.Queue()
+    gpus = torch.cuda.device_count() if any(t.cfg.device != "cpu" for t in todo) else 0
+    devices = None
+    if gpus:
+        jobs = min(jobs, gpus)
+        devices = ctx.Queue()
+        for i in range(jobs):
+            devices.put(i)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failed: list[Task] = []
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, queue, devices)) as pool:
+        futures = {pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path),
+                               _labels(study, t)): t for t in todo}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(queue, progress)
+                for f in done:
+                    t = futures[f]
+                    try:
+                        progress.finish(t.key, f.result())
+                    except CifarlabError as e:
+                        failed.append(t)
+                        progress.fail(t.key, str(e))
+        except KeyboardInterrupt:
+            for f in pending:
+                f.cancel()
+            raise
+    return failed
+
+
+def _drain(queue, progress) -> None:
+    while True:
+        try:
+            kind, key, epoch, epochs = queue.get_nowait()
+        except Exception:  # queue.Empty, or a queue torn down by an interrupt
+            return
+        if kind == "start":
+            progress.start(key)
+        else:
+            progress.epoch(key, epoch, epochs)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class StudyProgress:
+    """Runs done / running / waiting, each running run's epoch, and the time left.
+
+    On a terminal: one live bar over the study's planned epochs. In a file or pipe: one
+    line per finished run.
+    """
+
+    def __init__(self, total: int, skipped: int, planned_epochs: int, live: bool,
+                 enabled: bool = True):
+        self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
+        self.done = skipped
+        self.running: dict[str, str] = {}
+        self.planned = planned_epochs
+        self.epochs_done = 0
+        self.started = time.perf_counter()
+        self.bar = None
+        self._run_epochs: dict[str, int] = {}
+
+    def begin(self, out: Path) -> None:
+        if not self.enabled:
+            return
+        print(f"Study in {out}: {self.total} runs, {self.skipped} already finished, "
+              f"{self.total - self.skipped} to train ({self.planned} epochs at most).",
+              flush=True)
+        if self.live and self.total > self.skipped:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.planned, unit="epoch", file=sys.stdout,
+                            dynamic_ncols=True)
+            self._describe()
+
+    def waiting(self) -> int:
+        return self.total - self.done - len(self.running)
+
+    def eta(self) -> str:
+        if not self.epochs_done:
+            return "unknown"
+        seconds = (time.perf_counter() - self.started) / self.epochs_done * \
+            max(0, self.planned - self.epochs_done)
+        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+    def _describe(self) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"runs {self.done}/{self.total} done, {len(self.running)} "
+                                     f"running, {self.waiting()} waiting", refresh=False)
+            self.bar.set_postfix_str("; ".join(f"{k}: {v}" for k, v in self.running.items()))
+
+    def start(self, key: str) -> None:
+        self.running[key] = "starting"
+        self._run_epochs[key] = 0
+        self._describe()
+
+    def epoch(self, key: str, epoch: int, epochs: int) -> None:
+        self.running[key] = f"epoch {epoch}/{epochs}"
+        self._run_epochs[key] = epoch
+        self.epochs_done += 1
+        if self.bar is not None:
+            self._describe()
+            self.bar.update(1)
+
+    def _end(self, key: str, epochs: int | None) -> None:
+        self.running.pop(key, None)
+        self.done += 1
+        run_epochs = self._run_epochs.pop(key, 0)
+        if epochs is not None and run_epochs < epochs:  # stopped early: fewer epochs to go
+            self.planned -= epochs - run_epochs
+            if self.bar is not None:
+                self.bar.total = self.planned
+        self._describe()
+
+    def finish(self, key: str, metrics: dict) -> None:
+        planned = metrics.get("planned_epochs")
+        self._end(key, planned)
+        if self.enabled:
+            self._print(f"[{self.done}/{self.total}] {key}: test accuracy "
+                        f"{metrics['test_accuracy']:.4f} after {metrics['epochs_run']} epochs "
+                        f"({metrics['train_time_s']:.0f} s); {len(self.running)} running, "
+                        f"{self.waiting()} waiting, about {self.eta()} left")
+
+    def fail(self, key: str, message: str) -> None:
+        self._end(key, None)
+        if self.enabled:
+            self._print(f"[{self.done}/{self.total}] {key} FAILED: {message}")
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+            if self.done == self.total:
+                self.bar.close()
+        else:
+            print(line, flush=True)

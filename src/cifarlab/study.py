@@ -1,0 +1,345 @@
+"""Studies: many variants x seeds declared in one TOML file, expanded into runs.
+
+A study file is data, never code:
+
+    name = "my-study"
+    seeds = 3                      # or a list: [0, 1, 2]
+    baseline = "simple"            # optional; the first variant otherwise
+
+    [defaults]                     # any run setting (see `cifarlab train --help`)
+    data = "../shared/data/cifar10-jpeg"
+    epochs = 20
+
+    [[variant]]
+    name = "simple"
+    model = "simple"
+
+    [[variant]]
+    name = "wider"
+    model = "simple"
+    grid = { blocks = [2, 3, 4], dropout = [0.0, 0.5] }   # one variant per combination
+
+Scale knobs (seeds, epochs scale, fraction, max epochs) shrink any study for a small machine
+and are recorded with it, so a scaled-down study is never mistaken for the full one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunConfig, check_settings, load_toml
+from .errors import CifarlabError
+
+STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant"}
+VARIANT_KEYS = {"name", "description", "grid"}
+
+
+@dataclass
+class Variant:
+    name: str
+    settings: dict  # overrides on top of the study's defaults
+    swept: dict = field(default_factory=dict)  # the grid values that made this variant
+    group: str = ""  # the grid's name, shared by the variants it expanded into
+
+
+@dataclass
+class Scale:
+    """Knobs that shrink a study; all defaults mean 'the study as written'."""
+
+    seeds: int | None = None
+    epochs_scale: float = 1.0
+    fraction: float = 1.0
+    max_epochs: int | None = None
+
+    def is_full(self) -> bool:
+        return self == Scale()
+
+    def describe(self) -> str:
+        if self.is_full():
+            return "full study, as written"
+        parts = []
+        if self.seeds is not None:
+            parts.append(f"{self.seeds} seed(s)")
+        if self.epochs_scale != 1.0:
+            parts.append(f"epochs x {self.epochs_scale:g}")
+        if self.fraction != 1.0:
+            parts.append(f"training data x {self.fraction:g}")
+        if self.max_epochs is not None:
+            parts.append(f"at most {self.max_epochs} epochs")
+        return "SCALED DOWN: " + ", ".join(parts)
+
+
+@dataclass
+class Study:
+    name: str
+    description: str
+    seeds: list[int]
+    defaults: dict
+    variants: list[Variant]
+    baseline: str
+    source: str = ""  # the file or built-in it came from
+    scale: Scale = field(default_factory=Scale)
+
+    def config(self, variant: Variant, seed: int) -> RunConfig:
+        """The resolved settings of one run, with the scale knobs applied."""
+        values = {**self.defaults, **variant.settings, "seed": seed}
+        cfg = RunConfig(**values)
+        epochs = max(1, round(cfg.epochs * self.scale.epochs_scale))
+        if self.scale.max_epochs is not None:
+            epochs = min(epochs, self.scale.max_epochs)
+        return dataclasses.replace(cfg, epochs=epochs, fraction=cfg.fraction * self.scale.fraction)
+
+    def runs(self) -> list[tuple[Variant, int]]:
+        return [(v, s) for v in self.variants for s in self.seeds]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "seeds": self.seeds,
+                "baseline": self.baseline, "source": self.source,
+                "scale": dataclasses.asdict(self.scale), "scale_text": self.scale.describe(),
+                "defaults": _plain(self.defaults),
+                "variants": [{"name": v.name, "settings": _plain(v.settings), "swept": v.swept,
+                              "group": v.group} for v in self.variants]}
+
+
+def _plain(settings: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def slug(name: str) -> str:
+    """A folder-safe name for a variant."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name).strip("_") or "variant"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse(doc: dict, where: str) -> Study:
+    """Check a study document (from TOML) completely before anything runs."""
+    unknown = set(doc) - STUDY_KEYS
+    if unknown:
+        raise CifarlabError(f"{where}: unknown key {sorted(unknown)[0]!r} at the top level; "
+                            f"allowed: {', '.join(sorted(STUDY_KEYS))}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise CifarlabError(f"{where}: the study needs a name, e.g. name = \"my-study\"")
+    seeds = doc.get("seeds", 3)
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    elif not (isinstance(seeds, list) and seeds and all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise CifarlabError(f"{where}: seeds must be a positive count or a list of distinct "
+                            f"whole numbers, got {seeds!r}")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise CifarlabError(f"{where}: [defaults] must be a table of run settings")
+    defaults = check_settings(defaults, f"{where} [defaults]")
+    defaults.pop("seed", None)
+    raw_variants = doc.get("variant")
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise CifarlabError(f"{where}: the study has no variants; add at least one [[variant]] "
+                            "table with a name")
+    variants: list[Variant] = []
+    for i, raw in enumerate(raw_variants, 1):
+        variants += _expand(raw, f"{where} variant {i}")
+    names = [v.name for v in variants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CifarlabError(f"{where}: variant name {dupes[0]!r} is used twice; give each "
+                            "variant its own name")
+    baseline = doc.get("baseline", variants[0].name)
+    if baseline not in names:
+        raise CifarlabError(f"{where}: baseline {baseline!r} is not one of the variants "
+                            f"({', '.join(names)})")
+    study = Study(name, str(doc.get("description", "")), seeds, defaults, variants, baseline,
+                  source=where)
+    for v in variants:  # every run's settings must validate before any training starts
+        try:
+            study.config(v, study.seeds[0]).validate()
+        except CifarlabError as e:
+            raise CifarlabError(f"{where}: variant {v.name!r}: {e}") from None
+    return study
+
+
+def _expand(raw, where: str) -> list[Variant]:
+    if not isinstance(raw, dict):
+        raise CifarlabError(f"{where}: a variant must be a table with a name and settings")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise CifarlabError(f"{where}: every variant needs a name, e.g. name = \"baseline\"")
+    where = f"{where} ({name})"
+    settings = check_settings({k: v for k, v in raw.items() if k not in VARIANT_KEYS}, where)
+    settings.pop("seed", None)
+    grid = raw.get("grid")
+    if grid is None:
+        return [Variant(name, settings)]
+    if not isinstance(grid, dict) or not grid:
+        raise CifarlabError(f"{where}: grid must be a table of setting = [values], e.g. "
+                            "grid = { dropout = [0.0, 0.5] }")
+    axes = []
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CifarlabError(f"{where}: grid {key!r} expands to nothing; give it a non-empty "
+                                "list of values")
+        axes.append([(key, check_settings({key: v}, f"{where} grid")[key]) for v in values])
+    out = []
+    for combo in itertools.product(*axes):
+        swept = dict(combo)
+        label = " ".join(f"{k}={_fmt(v)}" for k, v in swept.items())
+        out.append(Variant(f"{name} {label}", {**settings, **swept}, swept, group=name))
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "-".join(str(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def load(name_or_path: str) -> Study:
+    """A built-in study by name, or a study file."""
+    if name_or_path in BUILTINS:
+        return parse(BUILTINS[name_or_path], f"built-in study {name_or_path!r}")
+    path = Path(name_or_path)
+    if not path.exists():
+        raise CifarlabError(f"{name_or_path!r} is neither a study file nor a built-in study "
+                            f"({', '.join(BUILTINS)}); see `cifarlab study --list`")
+    return parse(load_toml(path), str(path))
+
+
+def apply_scale(study: Study, scale: Scale) -> Study:
+    if scale.seeds is not None:
+        if scale.seeds < 1:
+            raise CifarlabError(f"--seeds must be at least 1, got {scale.seeds}")
+        # Fewer seeds: the file's first ones. More: the smallest unused whole numbers.
+        unused = (s for s in itertools.count() if s not in study.seeds)
+        extra = list(itertools.islice(unused, max(0, scale.seeds - len(study.seeds))))
+        seeds = (study.seeds + extra)[: scale.seeds]
+    else:
+        seeds = study.seeds
+    if not scale.epochs_scale > 0:
+        raise CifarlabError(f"--epochs-scale must be positive, got {scale.epochs_scale}")
+    if not 0 < scale.fraction <= 1:
+        raise CifarlabError(f"--fraction must be in (0, 1], got {scale.fraction}")
+    if scale.max_epochs is not None and scale.max_epochs < 1:
+        raise CifarlabError(f"--max-epochs must be at least 1, got {scale.max_epochs}")
+    return dataclasses.replace(study, seeds=seeds, scale=scale)
+
+
+def to_toml(study: Study) -> str:
+    """Write a study as an editable TOML file. A built-in keeps its grids as written; seeds
+    and defaults show what the command line changed. Other scale knobs are not settings of
+    the file, so they are noted in a comment."""
+    builtin = BUILTINS.get(study.name) if study.source.startswith("built-in") else None
+    if builtin is not None:
+        doc = {**builtin, "seeds": study.seeds if study.seeds != list(range(len(study.seeds)))
+               else len(study.seeds), "defaults": _plain(study.defaults)}
+    else:
+        doc = {"name": study.name, "description": study.description, "seeds": study.seeds,
+               "baseline": study.baseline, "defaults": _plain(study.defaults),
+               "variant": [{"name": v.name, **_plain(v.settings)} for v in study.variants]}
+    text = _dump_toml(doc)
+    if study.scale.epochs_scale != 1 or study.scale.fraction != 1 or study.scale.max_epochs:
+        text = f"# Run with: {study.scale.describe()} (command-line knobs, not in this file)\n" \
+            + text
+    return text
+
+
+def _dump_toml(doc: dict) -> str:
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+    lines = []
+    for k, v in doc.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(
+                isinstance(x, dict) for x in v)):
+            lines.append(f"{k} = {value(v)}")
+    if doc.get("defaults"):
+        lines += ["", "[defaults]"] + [f"{k} = {value(v)}" for k, v in doc["defaults"].items()]
+    for var in doc.get("variant", []):
+        lines += ["", "[[variant]]"] + [f"{k} = {value(v)}" for k, v in var.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- built-ins
+
+BUILTINS: dict[str, dict] = {
+    "seed": {
+        "name": "seed",
+        "description": "The original course study, part by part (SEED-STUDY.md), over seeds.",
+        "seeds": 3,
+        "baseline": "part1-simple",
+        "defaults": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3},
+        "variant": [
+            {"name": "part1-simple", "model": "simple", "epochs": 35},
+            {"name": "part2-deep", "model": "deep", "epochs": 50},
+            {"name": "part3-es-val_accuracy", "model": "simple", "epochs": 50,
+             "early_stopping": "val_accuracy:10"},
+            {"name": "part3-es-val_loss", "model": "simple", "epochs": 50,
+             "early_stopping": "val_loss:10"},
+            {"name": "part4-batchnorm", "model": "batchnorm", "epochs": 50,
+             "early_stopping": "val_accuracy:10"},
+            {"name": "part5-batchnorm", "model": "batchnorm", "epochs": 50,
+             "early_stopping": "val_accuracy:10", "grid": {"fraction": [0.1, 0.2, 0.5, 1.0]}},
+        ],
+    },
+    "depth": {
+        "name": "depth",
+        "description": "How depth changes the result: 1-5 conv blocks x 1-3 dense layers.",
+        "seeds": 3,
+        "baseline": "depth blocks=3 dense=128",
+        "defaults": {"model": "simple", "epochs": 20, "early_stopping": "val_accuracy:5"},
+        "variant": [{"name": "depth", "grid": {"blocks": [1, 2, 3, 4, 5],
+                                               "dense": [[128], [128, 64], [128, 64, 32]]}}],
+    },
+    "regularization": {
+        "name": "regularization",
+        "description": "Dropout 0 / 0.2 / 0.5 x batch norm off / on, with and without early "
+                       "stopping.",
+        "seeds": 3,
+        "baseline": "no-es dropout=0 batchnorm=false",
+        "defaults": {"model": "simple", "epochs": 20},
+        "variant": [
+            {"name": "no-es", "grid": {"dropout": [0.0, 0.2, 0.5], "batchnorm": [False, True]}},
+            {"name": "es", "early_stopping": "val_accuracy:5",
+             "grid": {"dropout": [0.0, 0.2, 0.5], "batchnorm": [False, True]}},
+        ],
+    },
+    "data-size": {
+        "name": "data-size",
+        "description": "Accuracy and training time against the amount of training data.",
+        "seeds": 3,
+        "baseline": "batchnorm fraction=1",
+        "defaults": {"model": "batchnorm", "epochs": 30, "early_stopping": "val_accuracy:5"},
+        "variant": [{"name": "batchnorm",
+                     "grid": {"fraction": [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0]}}],
+    },
+}
+
+
+def describe_builtins() -> str:
+    rows = []
+    for name, doc in BUILTINS.items():
+        study = parse(doc, name)
+        rows.append(f"{name:<15} {len(study.variants):>2} variants x {len(study.seeds)} seeds  "
+                    f"{doc['description']}")
+    return "\n".join(rows)
+
+
+def planned_epochs(study: Study) -> int:
+    return sum(study.config(v, s).epochs for v, s in study.runs())

@@ -1,0 +1,97 @@
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import Tiny
+
+from cifarlab import runner
+from cifarlab.cli import main
+from cifarlab.study import Scale, apply_scale, parse
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000"]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    data = Tiny(per_class_train=40, per_class_test=10).write_binary(root / "data")
+    s = parse({"name": "report-test", "seeds": 2,
+               "defaults": {"data": str(data), "blocks": 2, "filters": [8, 16], "dense": [32],
+                            "epochs": 3, "val_split": 60, "device": "cpu", "lr": 2e-4},
+               "variant": [{"name": "base"},
+                           {"name": "frac", "grid": {"fraction": [0.25, 0.5]}}]}, "inline")
+    s = apply_scale(s, Scale(max_epochs=2))
+    runner.run_study(s, root / "out", verbose=False)
+    assert main(["report", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_html_report_is_self_contained_with_every_section(study_dir):
+    page = (study_dir / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(href|src)="(https?:)?//', page)  # nothing fetched from a network
+    for heading in ("Settings", "Results", "Learning curves", "Accuracy against the swept "
+                    "settings", "Confusion matrices and per-class F1", "Most confused class pairs",
+                    "Misclassified test images of the best variant"):
+        assert f"<h2>{heading}" in page, heading
+    assert "SCALED DOWN: at most 2 epochs" in page
+    rows = re.findall(r"<tr><td>([^<]*)</td>", page)
+    assert rows == ["base", "frac fraction=0.25", "frac fraction=0.5"]
+    assert page.count('class="tile"') > 0  # the gallery of mistakes has images
+
+
+def test_markdown_report_links_pngs_that_exist(study_dir):
+    md = (study_dir / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+)\)", md)
+    assert len(links) >= 5  # curves, the fraction sweep, three confusion figures
+    assert all((study_dir / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+    assert "| base | 2 |" in md
+
+
+def chromium():
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("headless Chromium is missing: scripts/setup.sh installs Debian's "
+                    "chromium package (as root)")
+    return found
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"Uncaught|Error", line)]
+
+
+def render(page, tmp_path, name):
+    profile = tmp_path / f"profile-{name}"
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                          "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    return dom.stdout, dom.stderr
+
+
+def test_headless_browser_renders_the_report_without_console_errors(study_dir, tmp_path):
+    page = study_dir / "report.html"
+    dom, stderr = render(page, tmp_path, "report")
+    assert console_errors(stderr) == [], stderr
+    images = len(re.findall(r"<img ", dom))
+    assert images >= 6 and f'data-ready="{images}"' in dom  # the page's script ran to the end
+    assert len(re.findall(r"<tr><td>", dom)) == 3
+    shot = study_dir / "report-screenshot.png"
+    subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'shot'}",
+                    "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+
+
+def test_the_console_error_check_catches_a_broken_page(study_dir, tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text((study_dir / "report.html").read_text().replace(
+        "<script>", "<script>noSuchFunction();", 1))
+    dom, stderr = render(broken, tmp_path, "broken")
+    assert console_errors(stderr), "a page that throws must be detected"
+    assert "data-ready" not in dom

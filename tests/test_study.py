@@ -1,0 +1,215 @@
+import json
+
+import pytest
+from conftest import Tiny
+
+from cifarlab import runner, study
+from cifarlab.cli import main
+from cifarlab.report import collect_runs, collect_study, markdown_table
+from cifarlab.study import Scale, apply_scale, load, parse
+
+SMALL_NET = {"blocks": 2, "filters": [8, 16], "dense": [32], "epochs": 2, "val_split": 60,
+             "device": "cpu"}
+
+
+def toml_study(tmp_path, data, body="", seeds=2):
+    defaults = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {**SMALL_NET,
+                                                              "data": str(data)}.items())
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "small"\nseeds = {seeds}\n[defaults]\n{defaults}\n'
+                    + (body or '[[variant]]\nname = "base"\n[[variant]]\nname = "drop"\n'
+                               'grid = { dropout = [0.0, 0.5] }\n'))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return Tiny(per_class_train=40, per_class_test=10).write_binary(tmp_path_factory.mktemp("d"))
+
+
+def test_grid_expands_into_one_variant_per_combination():
+    s = parse({"name": "g", "defaults": {"epochs": 3}, "variant": [
+        {"name": "base"},
+        {"name": "net", "model": "batchnorm", "grid": {"blocks": [2, 3], "dropout": [0.0, 0.5]}},
+    ]}, "g.toml")
+    assert [v.name for v in s.variants] == [
+        "base", "net blocks=2 dropout=0", "net blocks=2 dropout=0.5", "net blocks=3 dropout=0",
+        "net blocks=3 dropout=0.5"]
+    assert s.baseline == "base" and s.seeds == [0, 1, 2]
+    cfg = s.config(s.variants[2], seed=1)
+    assert (cfg.model, cfg.blocks, cfg.dropout, cfg.epochs, cfg.seed) == (
+        "batchnorm", 2, 0.5, 3, 1)
+    assert s.variants[2].swept == {"blocks": 2, "dropout": 0.5} and s.variants[2].group == "net"
+
+
+def test_scale_knobs_shrink_every_run_and_are_described():
+    s = apply_scale(load("seed"), Scale(seeds=2, epochs_scale=0.5, fraction=0.1, max_epochs=4))
+    assert s.seeds == [0, 1]
+    part1 = s.config(s.variants[0], 0)
+    assert part1.epochs == 4 and part1.fraction == pytest.approx(0.1)
+    part5 = [v for v in s.variants if v.name == "part5-batchnorm fraction=0.5"][0]
+    assert s.config(part5, 0).fraction == pytest.approx(0.05)
+    assert s.scale.describe() == ("SCALED DOWN: 2 seed(s), epochs x 0.5, training data x 0.1, "
+                                  "at most 4 epochs")
+    assert apply_scale(load("seed"), Scale(seeds=5)).seeds == [0, 1, 2, 3, 4]
+
+
+def test_seed_study_reproduces_the_original_five_parts():
+    s = load("seed")
+    by_name = {v.name: s.config(v, 0) for v in s.variants}
+    assert by_name["part1-simple"].model == "simple" and by_name["part1-simple"].epochs == 35
+    assert by_name["part2-deep"].model == "deep" and by_name["part2-deep"].epochs == 50
+    assert by_name["part3-es-val_accuracy"].early_stopping == "val_accuracy:10"
+    assert by_name["part3-es-val_loss"].early_stopping.startswith("val_loss")
+    assert by_name["part4-batchnorm"].model == "batchnorm"
+    assert by_name["part4-batchnorm"].early_stopping
+    fractions = [c.fraction for n, c in by_name.items() if n.startswith("part5")]
+    assert fractions == [0.1, 0.2, 0.5, 1.0]
+    assert all(c.batch_size == 32 and c.optimizer == "adam" for c in by_name.values())
+
+
+def test_ablation_studies_sweep_what_the_study_asked():
+    depth = load("depth")
+    assert len(depth.variants) == 15
+    assert {v.swept["blocks"] for v in depth.variants} == {1, 2, 3, 4, 5}
+    reg = load("regularization")
+    assert len(reg.variants) == 12
+    assert {(v.swept["dropout"], v.swept["batchnorm"], v.group) for v in reg.variants} == {
+        (d, b, g) for d in (0.0, 0.2, 0.5) for b in (False, True) for g in ("no-es", "es")}
+    sizes = load("data-size")
+    assert [v.swept["fraction"] for v in sizes.variants][0] == 0.05
+
+
+@pytest.mark.parametrize("name", list(study.BUILTINS))
+def test_printed_toml_parses_back_to_the_same_study(name, tmp_path):
+    from cifarlab.config import load_toml
+    original = load(name)
+    path = tmp_path / "s.toml"
+    path.write_text(study.to_toml(original))
+    again = parse(load_toml(path), str(path))
+    assert [(v.name, v.settings) for v in again.variants] == \
+        [(v.name, v.settings) for v in original.variants]
+    assert again.baseline == original.baseline and again.seeds == original.seeds
+
+
+@pytest.mark.parametrize("top,variants,message", [
+    ("", '[[variant]]\nname = "a"\nepochz = 3\n', "variant 1 (a): unknown setting 'epochz'"),
+    ("", '[[variant]]\nname = "a"\nepochs = "ten"\n',
+     "setting 'epochs' must be a whole number"),
+    ("", '[[variant]]\nname = "a"\ngrid = { dropout = [] }\n',
+     "grid 'dropout' expands to nothing"),
+    ("", '[[variant]]\nname = "a"\ngrid = { dropout = [0.1, 2.0] }\n',
+     "variant 'a dropout=2': dropout must be in [0, 1)"),
+    ("", '[[variant]]\nname = "a"\n[[variant]]\nname = "a"\n',
+     "variant name 'a' is used twice"),
+    ("", "[[variant]]\nepochs = 3\n", "every variant needs a name"),
+    ('colour = "red"\n', '[[variant]]\nname = "a"\n', "unknown key 'colour' at the top level"),
+    ('baseline = "zzz"\n', '[[variant]]\nname = "a"\n',
+     "baseline 'zzz' is not one of the variants"),
+    ("", '[[variant]]\nname = "a"\nmodel = "resnet"\n', "unknown model preset 'resnet'"),
+    ("", '[[variant]]\nname = "a"\nblocks = 9\n', "9 blocks pool a 32x32 image"),
+])
+def test_bad_study_files_fail_before_training_naming_file_and_key(top, variants, message,
+                                                                  tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "bad"\n{top}[defaults]\nepochs = 1\n{variants}')
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_variants_and_unknown_study_name(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "empty"\n')
+    assert main(["study", str(path)]) == 2
+    assert "the study has no variants" in capsys.readouterr().err
+    assert main(["study", "nonesuch"]) == 2
+    assert "neither a study file nor a built-in study" in capsys.readouterr().err
+
+
+def test_study_runs_every_variant_and_seed_and_writes_the_report(tmp_path, data, capsys):
+    path = toml_study(tmp_path, data)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[6/6]" in printed and "Report:" in printed
+    runs = sorted(p.relative_to(out).as_posix() for p in out.glob("runs/*/seed-*"))
+    assert runs == ["runs/base/seed-0", "runs/base/seed-1", "runs/drop_dropout=0.5/seed-0",
+                    "runs/drop_dropout=0.5/seed-1", "runs/drop_dropout=0/seed-0",
+                    "runs/drop_dropout=0/seed-1"]
+    results = collect_study(out)
+    assert [len(g.runs) for g in results.groups] == [2, 2, 2] and not results.unfinished
+    table = markdown_table(results)
+    assert table.count("\n") == 4 and "baseline" in table and "paired t-test" not in table
+    labels = json.loads((out / "runs/base/seed-1/config.json").read_text())["labels"]
+    assert labels["study"] == "small" and labels["variant"] == "base"
+    md = (out / "report.md").read_text()
+    for section in ("## Settings", "## Results", "Validation curves", "accuracy against the "
+                    "swept setting", "## Most confused class pairs", "## Misclassified"):
+        assert section in md, section
+
+
+def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, data, monkeypatch):
+    path = toml_study(tmp_path, data)
+    out = tmp_path / "out"
+    real = runner.train_run
+    calls = []
+
+    def interrupted_third(cfg, run_path, **kwargs):
+        calls.append(run_path)
+        if len(calls) == 3:  # a Ctrl-C in the middle of the third run's second epoch
+            def stop(row):
+                if row["epoch"] == 1:
+                    raise KeyboardInterrupt
+            return real(cfg, run_path, **{**kwargs, "on_epoch_end": stop})
+        return real(cfg, run_path, **kwargs)
+    monkeypatch.setattr(runner, "train_run", interrupted_third)
+    assert main(["study", str(path), "--out", str(out)]) == 130
+    finished = {p.parent: p.read_bytes() for p in out.glob("runs/*/seed-*/model.safetensors")
+                if (p.parent / "metrics.json").exists()}
+    assert len(finished) == 2
+    third = calls[2]
+    assert (third / "history.csv").exists() and not (third / "metrics.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    assert len(calls) == 4 and third in calls  # the unfinished run is redone, others skipped
+    for folder, weights in finished.items():
+        assert (folder / "model.safetensors").read_bytes() == weights
+    assert len(collect_study(out).groups[0].runs) == 2 and not collect_study(out).unfinished
+
+
+def test_rerunning_a_changed_study_into_the_same_folder_is_refused(tmp_path, data, capsys):
+    path = toml_study(tmp_path, data, body='[[variant]]\nname = "base"\n', seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
+    assert main(["study", str(path), "--out", str(out)]) == 2
+    assert "trained with other settings (epochs)" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data):
+    s = parse({"name": "p", "seeds": 2, "defaults": {**SMALL_NET, "data": str(data)},
+               "variant": [{"name": "base"}]}, "p")
+    assert runner.run_study(s, tmp_path / "one", jobs=1, verbose=False) == []
+    assert runner.run_study(s, tmp_path / "two", jobs=2, verbose=False) == []
+    for seed in (0, 1):
+        a = (tmp_path / f"one/runs/base/seed-{seed}/history.csv").read_text().splitlines()
+        b = (tmp_path / f"two/runs/base/seed-{seed}/history.csv").read_text().splitlines()
+        strip = [line.rsplit(",", 1)[0] for line in a], [line.rsplit(",", 1)[0] for line in b]
+        assert strip[0] == strip[1]  # identical but for epoch times
+
+
+def test_compare_groups_run_folders_from_different_studies(tmp_path, data, capsys):
+    for name in ("a", "b"):
+        s = parse({"name": name, "seeds": 2, "defaults": {**SMALL_NET, "data": str(data)},
+                   "variant": [{"name": "v", "dropout": 0.0 if name == "a" else 0.5}]}, name)
+        runner.run_study(s, tmp_path / name, verbose=False)
+    runs = sorted(str(p) for p in tmp_path.glob("*/runs/v/seed-*"))
+    results = collect_runs(runs)
+    assert [g.name for g in results.groups] == ["a/v", "b/v"]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    assert "a/v" in capsys.readouterr().out and (tmp_path / "cmp" / "report.html").is_file()
+    assert main(["compare", str(tmp_path / "a")]) == 0
