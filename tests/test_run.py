@@ -165,7 +165,9 @@ def test_divergence_names_the_epoch_step_and_learning_rate(dataset, tmp_path):
     with pytest.raises(CifarlabError, match=r"diverged at epoch 1, step \d+ .* --lr"):
         train_run(small(optimizer="sgd", lr=1e6), tmp_path / "run", data=dataset,
                   verbose=False)
-    assert not (tmp_path / "run" / "metrics.json").exists()  # clearly unfinished
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "diverged at epoch 1" in metrics["error"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])

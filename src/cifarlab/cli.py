@@ -6,6 +6,7 @@ Bad input of any kind ends in one sentence on stderr and exit code 2, never a tr
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import typing
@@ -53,7 +54,8 @@ EXAMPLES = {
              "  cifarlab train --model simple --data ../shared/data/cifar10-jpeg --epochs 10\n"
              "  cifarlab train --model batchnorm --epochs 30 --early-stopping val_accuracy:5\n"
              "  cifarlab train --model simple --blocks 4 --dropout 0.5 --fraction 0.2\n"
-             "  cifarlab train --config my-run.toml --seed 3",
+             "  cifarlab train --config my-run.toml --seed 3\n"
+             "  cifarlab train --resume runs/batchnorm-20261129-101500",
     "evaluate": "example:\n  cifarlab evaluate runs/simple-20261129-101500",
     "models": "example:\n  cifarlab models",
     "study": "examples:\n"
@@ -123,6 +125,18 @@ def settings_from_args(args) -> RunConfig:
 
 def cmd_train(args) -> int:
     from .run import train_run
+    if args.resume:
+        given = args.config or any(getattr(args, k) is not None for k in FIELDS)
+        cfg = None
+        if given:  # settings on the command line must match the run's own
+            from .rundir import load_run
+            saved = load_run(args.resume)["config"]["settings"]
+            values = {**saved, **(check_settings(load_toml(args.config), args.config)
+                                  if args.config else {}),
+                      **{k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}}
+            cfg = RunConfig(**check_settings(values, "settings"))
+        train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True)
+        return 0
     cfg = settings_from_args(args)
     train_run(cfg, out=args.out, verbose=not args.quiet)
     return 0
@@ -225,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "train one network and write its run folder")
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an unfinished run from its last complete epoch")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_setting_flags(p)
     p.set_defaults(func=cmd_train)
@@ -277,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     except CifarlabError as e:
         print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("cifarlab: interrupted; the run folder is left unfinished", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)  # train.Interrupted carries its signal
+        if not hasattr(e, "signum"):
+            print("cifarlab: interrupted", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,13 @@ is checked before the run folder is created, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from .data import Dataset, load_cifar10
 from .errors import CifarlabError
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import FitResult, fit, prepare_model, resolve_device
+from .train import Diverged, FitResult, Interrupted, fit, prepare_model, resolve_device
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 
@@ -62,22 +66,109 @@ def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.
     return prepare_model(models.build(net_cfg), device)
 
 
-def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | None = None,
-              verbose: bool = True, on_epoch_end=None, labels: dict | None = None) -> RunResult:
+def train_run(cfg: RunConfig | None, out: str | Path | None = None,
+              data: Dataset | None = None, verbose: bool = True, on_epoch_end=None,
+              labels: dict | None = None, resume: bool = False) -> RunResult:
     """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>).
 
     `on_epoch_end(row)` is called after each epoch's history row is saved; `labels` (e.g.
-    the study and variant a run belongs to) are recorded in config.json.
+    the study and variant a run belongs to) are recorded in config.json. With `resume`, `out`
+    is an unfinished run folder: training continues from its last complete epoch, exactly as
+    if it had never stopped; `cfg` may be None (the folder's own settings) and is otherwise
+    refused if it differs from them.
     """
-    cfg.validate()
+    state = None
+    if resume:
+        cfg, state, labels = _resume_point(cfg, out)
+    cfg = cfg.validate()
     if cfg.data:  # recorded absolute, so `cifarlab evaluate` works from any folder
         cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
     device = resolve_device(cfg.device)
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     net = build_network(cfg, dataset.num_classes, device)
-    out = rundir.create(Path(out) if out else default_out(cfg))
+    out = Path(out) if resume else rundir.create(Path(out) if out else default_out(cfg))
+    with rundir.lock(out), _graceful_signals() as signalled:
+        if not resume:
+            _write_config(out, cfg, net, dataset, labels, train, val, test)
+        net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
+        if verbose:
+            val_text = f"{len(val):,} validation images" if cfg.val_split else \
+                "validating on the test set (the original study's protocol)"
+            again = f"; resuming after epoch {state['epoch']}" if state else ""
+            print(f"{cfg.model}: {models.describe(net_cfg)}; "
+                  f"{models.count_parameters(net)[0]:,} trainable parameters\n"
+                  f"{len(train):,} training images, {val_text}; device {device}, "
+                  f"{torch.get_num_threads()} threads; writing {out}{again}", flush=True)
+        train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
+        val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
+        test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
+        config_hash = rundir.settings_hash(cfg.to_dict())
 
+        def save_epoch(row):
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+
+        def save_checkpoint(st):
+            rundir.save_checkpoint(out / rundir.CHECKPOINT, {**st, "config_hash": config_hash})
+            rundir.atomic_write(out / "history.csv", rundir.history_csv(st["history"]))
+
+        try:
+            result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
+                         checkpoint=save_checkpoint, resume=state, stop_requested=signalled)
+        except Diverged as e:
+            rundir.write_json(out / "metrics.json", {
+                "format_version": rundir.FORMAT_VERSION, "status": "failed", "error": str(e),
+                "environment": environment(device)})
+            raise
+        except Interrupted as e:
+            done = _last_epoch(out)
+            print(f"\nInterrupted ({signal.Signals(e.signum).name}); epochs 1-{done} are "
+                  f"saved. Resume with: cifarlab train --resume {out}", file=sys.stderr,
+                  flush=True)
+            raise
+        ev = evaluate(net, test_b, dataset.classes)
+        metrics = summarize(cfg, result, ev, device)
+        write_outputs(out, net, result.history, ev, metrics)
+        (out / rundir.CHECKPOINT).unlink(missing_ok=True)  # the finished run no longer needs it
+    if verbose:
+        print(summary_text(metrics, out), flush=True)
+    return RunResult(out, cfg, net, result, ev, metrics)
+
+
+def _last_epoch(out: Path) -> int:
+    try:
+        return len(rundir.read_history(out / "history.csv"))
+    except (OSError, ValueError):
+        return 0
+
+
+def _resume_point(cfg: RunConfig | None, out) -> tuple[RunConfig, dict | None, dict]:
+    """The saved settings, checkpoint and labels of an unfinished run folder."""
+    if out is None:
+        raise CifarlabError("--resume needs the run folder to continue")
+    out = Path(out)
+    info = rundir.load_run(out)
+    if rundir.is_finished(out):
+        raise CifarlabError(f"{out} holds a finished run; there is nothing to resume")
+    saved = RunConfig.from_dict(info["config"]["settings"], where=str(out / "config.json"))
+    if cfg is not None:
+        mine = cfg.to_dict()
+        if mine.get("data"):
+            mine["data"] = str(Path(mine["data"]).expanduser().resolve())
+        changed = [k for k, v in saved.to_dict().items() if mine[k] != v]
+        if changed:
+            raise CifarlabError(
+                f"{out} was started with other settings ({', '.join(changed)} differ); resume "
+                "it without changing them, or start a new run with another --out")
+    state = rundir.load_checkpoint(out / rundir.CHECKPOINT)
+    if state is not None and state.get("config_hash") != rundir.settings_hash(saved.to_dict()):
+        raise CifarlabError(f"the checkpoint in {out} belongs to other settings than its "
+                            "config.json; the folder was edited, so start a new run")
+    return saved, state, info["config"].get("labels") or {}
+
+
+def _write_config(out, cfg, net, dataset, labels, train, val, test) -> None:
     net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
     trainable, stats = models.count_parameters(net)
     rundir.write_json(out / "config.json", {
@@ -89,31 +180,28 @@ def train_run(cfg: RunConfig, out: str | Path | None = None, data: Dataset | Non
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
-    if verbose:
-        val_text = f"{len(val):,} validation images" if cfg.val_split else \
-            "validating on the test set (the original study's protocol)"
-        print(f"{cfg.model}: {models.describe(net_cfg)}; {trainable:,} trainable parameters\n"
-              f"{len(train):,} training images, {val_text}; device {device}, "
-              f"{torch.get_num_threads()} threads; writing {out}", flush=True)
 
-    train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
-    val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
-    test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
-    history: list[dict] = []
 
-    def save_epoch(row):
-        history.append(row)
-        rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
-        if on_epoch_end is not None:
-            on_epoch_end(row)
+@contextlib.contextmanager
+def _graceful_signals():
+    """The first SIGINT or SIGTERM asks training to stop between two steps (the epoch in
+    progress is abandoned; every finished epoch is already checkpointed). A second one acts
+    at once: every file on disk is written atomically, so nothing is left half-written."""
+    requested = [0]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
 
-    result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose)
-    ev = evaluate(net, test_b, dataset.classes)
-    metrics = summarize(cfg, result, ev, device)
-    write_outputs(out, net, result.history, ev, metrics)
-    if verbose:
-        print(summary_text(metrics, out), flush=True)
-    return RunResult(out, cfg, net, result, ev, metrics)
+    def handler(signum, frame):
+        requested[0] = signum
+        signal.signal(signum, previous[signum])  # the next one is not caught
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested[0]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict:

@@ -13,19 +13,24 @@ complete run; anything else is unfinished (or failed, and says why).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from .errors import CifarlabError
 
 FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"  # the last complete epoch of an unfinished run
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
 
 
@@ -126,6 +131,70 @@ def load_weights(path: Path, net: nn.Module) -> None:
     except RuntimeError:
         raise CifarlabError(f"the weights in {path} do not fit the network in its "
                             "config.json; the run folder is inconsistent") from None
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """A checkpoint's state, or None when there is none. Only tensors and plain data are
+    admitted (`weights_only`): a checkpoint whose pickle would run code is refused."""
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    except Exception as e:  # UnpicklingError for forbidden globals, others for damage
+        reason = "it holds code or objects that are not weights" if \
+            isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}"
+        raise CifarlabError(f"refusing to load the checkpoint {path} ({reason}); start a new "
+                            "run instead") from None
+
+
+@contextlib.contextmanager
+def lock(run: Path):
+    """Hold `run` for this process: a second process pointed at it is refused. A lock left
+    by a process that no longer exists is taken over."""
+    path = Path(run) / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise CifarlabError(f"{run} is in use by process {owner}; wait for it to end "
+                                    "or stop it, then try again") from None
+            path.unlink(missing_ok=True)  # its owner is gone
+    else:
+        raise CifarlabError(f"cannot lock {run}; another process keeps taking it")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_run(run: str | Path) -> dict:

@@ -3,8 +3,9 @@
     DIR/study.json                       the study as run (settings, seeds, scale knobs)
     DIR/runs/<variant>/seed-<k>/         one ordinary run folder per variant and seed
 
-Re-running the same command skips finished runs (their metrics.json says so) and redoes
-unfinished ones, so an interrupted study costs only the runs in progress. Jobs are separate
+Re-running the same command skips finished runs (their metrics.json says so) and continues
+unfinished ones from their last complete epoch, so an interrupted study costs at most the
+epochs in progress. Jobs are separate
 processes, each with its share of the cores (or its own GPU), reporting epochs back to one
 progress display.
 """
@@ -34,6 +35,7 @@ class Task:
     seed: int
     cfg: RunConfig
     path: Path
+    resume: bool = False  # an interrupted run with a checkpoint: continue it
 
     @property
     def key(self) -> str:
@@ -86,8 +88,9 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
                             "writable --out") from None
     rundir.write_json(out / "study.json", study.to_dict())
     todo = [t for t in tasks if not rundir.is_finished(t.path)]
-    for t in todo:  # an unfinished folder is a crashed or interrupted run: start it afresh
-        if t.path.exists():
+    for t in todo:
+        t.resume = resumable(t.path)
+        if t.path.exists() and not t.resume:  # crashed before its first epoch, or failed
             shutil.rmtree(t.path)
     progress = StudyProgress(len(tasks), len(tasks) - len(todo),
                              sum(t.cfg.epochs for t in todo), live=verbose and sys.stdout.isatty(),
@@ -105,6 +108,7 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
             progress.start(t.key)
             try:
                 result = train_run(t.cfg, t.path, verbose=False, labels=_labels(study, t),
+                                   resume=t.resume,
                                    on_epoch_end=lambda row, t=t: progress.epoch(
                                        t.key, row["epoch"], t.cfg.epochs))
                 progress.finish(t.key, result.metrics)
@@ -113,6 +117,16 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
                 progress.fail(t.key, str(e))
         return failed
     return _run_parallel(study, todo, jobs, progress)
+
+
+def resumable(path: Path) -> bool:
+    """An interrupted run that can continue: a checkpoint, and no failure recorded."""
+    if not (path / rundir.CHECKPOINT).is_file() or not (path / "config.json").is_file():
+        return False
+    try:
+        return json.loads((path / "metrics.json").read_text()).get("status") != "failed"
+    except (OSError, ValueError):
+        return True
 
 
 def _labels(study: Study, t: Task) -> dict:
@@ -135,10 +149,10 @@ def _worker_init(threads: int, queue, devices) -> None:
         torch.cuda.set_device(devices.get())
 
 
-def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict) -> dict:
+def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool) -> dict:
     cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
     _QUEUE.put(("start", key, 0, cfg.epochs))
-    result = train_run(cfg, path, verbose=False, labels=labels,
+    result = train_run(cfg, path, verbose=False, labels=labels, resume=resume,
                        on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
                                                             cfg.epochs)))
     return result.metrics
@@ -160,7 +174,7 @@ def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[T
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, queue, devices)) as pool:
         futures = {pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path),
-                               _labels(study, t)): t for t in todo}
+                               _labels(study, t), t.resume): t for t in todo}
         pending = set(futures)
         try:
             while pending:

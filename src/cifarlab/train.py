@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -107,12 +108,39 @@ def make_tracker(cfg: RunConfig) -> EarlyStopping:
     return EarlyStopping("val_accuracy", None, restore_best_weights=False)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a signal's request, between two steps."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()[1].tolist()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    np.random.set_state(("MT19937", np.array(state["numpy"], np.uint32), 0, 0, 0.0))
+
+
 def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
-        on_epoch_end: Callable[[dict], None] | None = None, verbose: bool = True) -> FitResult:
+        on_epoch_end: Callable[[dict], None] | None = None, verbose: bool = True,
+        checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+        stop_requested: Callable[[], int] | None = None) -> FitResult:
     """Train `net` (already on the batches' device) for cfg.epochs or until early stopping.
 
     With early stopping the best epoch's weights are restored at the end, however training
     ended; without it the network keeps its last epoch's weights.
+
+    `checkpoint(state)` receives, after every epoch, everything needed to continue exactly
+    (weights, optimiser, schedule, early stopping, RNG states, history); passing such a
+    state back as `resume` continues from that epoch with the same result as a run that was
+    never interrupted. `stop_requested()` is polled between steps; a non-zero answer (a
+    signal number) abandons the epoch in progress and raises `Interrupted`.
     """
     device = train.y.device
     net.train()
@@ -122,8 +150,22 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tracker = make_tracker(cfg)
     result = FitResult(tracker=tracker)
+    first, stop = 1, False
+    if resume is not None:
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
+        tracker.load_state_dict(resume["tracker"])
+        set_rng_state(resume["rng"])
+        result.history = [dict(row) for row in resume["history"]]
+        result.train_time_s = resume["train_time_s"]
+        first, stop = resume["epoch"] + 1, resume["stopped"]
+        result.stopped_early = stop
     progress = Progress(cfg.epochs, steps, enabled=verbose)
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first, cfg.epochs + 1):
+        if stop:
+            break
         start = time.perf_counter()
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)  # dropout draws
@@ -147,6 +189,9 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             if device.type == "cpu" and not math.isfinite(loss.item()):
                 raise diverged(epoch, step, cfg)
             progress.step(step, loss_sum, correct, train.batch_size)
+            if stop_requested is not None and stop_requested():
+                progress.close()
+                raise Interrupted(stop_requested())
         train_loss = loss_sum.item() / train.num_images
         if not math.isfinite(train_loss):
             raise diverged(epoch, steps, cfg)
@@ -157,16 +202,19 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         result.history.append(row)
         result.train_time_s += row["epoch_time_s"]
         stop = tracker.update(epoch, row, net)
+        result.stopped_early = stop
         progress.end(row, cfg.epochs)
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "stopped": stop, "model": net.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "schedule": schedule.state_dict() if schedule is not None else None,
+                        "tracker": tracker.state_dict(), "rng": rng_state(),
+                        "history": result.history, "train_time_s": result.train_time_s})
         if on_epoch_end is not None:
             on_epoch_end(row)
-        if stop:
-            result.stopped_early = True
-            if verbose:
-                print(f"Early stopping: {tracker.monitor} has not improved for "
-                      f"{tracker.patience} epochs; best was epoch {tracker.best_epoch}.",
-                      flush=True)
-            break
+        if stop and verbose:
+            print(f"Early stopping: {tracker.monitor} has not improved for "
+                  f"{tracker.patience} epochs; best was epoch {tracker.best_epoch}.", flush=True)
     result.weights_epoch = len(result.history)
     result.restored = tracker.restore(net)
     if result.restored:
@@ -177,8 +225,12 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     return result
 
 
-def diverged(epoch: int, step: int, cfg: RunConfig) -> CifarlabError:
-    return CifarlabError(f"training diverged at epoch {epoch}, step {step} (the loss is not a "
+class Diverged(CifarlabError):
+    """The loss stopped being a finite number."""
+
+
+def diverged(epoch: int, step: int, cfg: RunConfig) -> Diverged:
+    return Diverged(f"training diverged at epoch {epoch}, step {step} (the loss is not a "
                          f"finite number); the learning rate {cfg.lr:g} is likely too high, so "
                          "try a smaller --lr")
 
@@ -207,10 +259,13 @@ class Progress:
                                  acc=f"{correct.item() / seen:.4f}", refresh=False)
             self.bar.update(step - self.bar.n)
 
-    def end(self, row: dict, epochs: int) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def end(self, row: dict, epochs: int) -> None:
+        self.close()
         if self.enabled:
             print(f"Epoch {row['epoch']}/{epochs} - {row['epoch_time_s']:.1f}s - "
                   f"loss: {row['loss']:.4f} - accuracy: {row['accuracy']:.4f} - "

@@ -1,0 +1,176 @@
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import Tiny
+
+from cifarlab import RunConfig, load_cifar10, rundir, train_run
+from cifarlab.cli import main
+from cifarlab.errors import CifarlabError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return Tiny(per_class_train=40, per_class_test=10).write_binary(tmp_path_factory.mktemp("d"))
+
+
+@pytest.fixture(scope="module")
+def dataset(data_dir):
+    return load_cifar10(data_dir, cache=False)
+
+
+def config(**changes):
+    # Batch norm, dropout, a one-cycle schedule and early stopping: every kind of state.
+    values = dict(model="batchnorm", blocks=2, filters=(8, 16), dense=(32,), epochs=5,
+                  val_split=60, device="cpu", optimizer="sgd", lr=0.05, schedule="onecycle",
+                  early_stopping="val_accuracy:10", seed=3)
+    values.update(changes)
+    return RunConfig(**values)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(epoch):
+    def hook(row):
+        if row["epoch"] == epoch:
+            raise Crash
+    return hook
+
+
+def without_times(path):
+    return [line.rsplit(",", 1)[0] for line in (path / "history.csv").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train_run(config(), out, data=dataset, verbose=False)
+    return out
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 3, 5])
+def test_resume_after_a_crash_equals_an_uninterrupted_run_bit_for_bit(
+        crash_epoch, dataset, reference, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train_run(config(), out, data=dataset, verbose=False, on_epoch_end=crash_after(crash_epoch))
+    assert (out / rundir.CHECKPOINT).is_file() and not rundir.is_finished(out)
+    assert len(rundir.read_history(out / "history.csv")) == crash_epoch
+    train_run(None, out, data=dataset, verbose=False, resume=True)
+    assert without_times(out) == without_times(reference)
+    assert (out / "model.safetensors").read_bytes() == \
+        (reference / "model.safetensors").read_bytes()
+    ref, mine = (json.loads((p / "metrics.json").read_text()) for p in (reference, out))
+    for key in ("test_accuracy", "best_epoch", "weights_epoch", "best_val_accuracy"):
+        assert mine[key] == ref[key]
+    assert not (out / rundir.CHECKPOINT).exists()  # a finished run drops its checkpoint
+
+
+def test_checkpoint_keeps_early_stopping_state_and_best_weights(dataset, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train_run(config(), out, data=dataset, verbose=False, on_epoch_end=crash_after(3))
+    state = rundir.load_checkpoint(out / rundir.CHECKPOINT)
+    tracker = state["tracker"]
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert 1 <= tracker["best_epoch"] <= 3 and tracker["wait"] == 3 - tracker["best_epoch"]
+    assert set(tracker["best_weights"]) == set(state["model"])
+    assert {"torch", "python", "numpy"} <= set(state["rng"])
+
+
+def test_resuming_with_changed_settings_is_refused_naming_them(dataset, tmp_path, data_dir,
+                                                                capsys):
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train_run(config(data=str(data_dir)), out, verbose=False, on_epoch_end=crash_after(1))
+    before = (out / rundir.CHECKPOINT).read_bytes()
+    assert main(["train", "--resume", str(out), "--lr", "0.1", "--epochs", "9"]) == 2
+    assert "other settings (epochs, lr differ)" in capsys.readouterr().err
+    assert (out / rundir.CHECKPOINT).read_bytes() == before
+    assert main(["train", "--resume", str(out), "--lr", "0.05", "--quiet"]) == 0  # unchanged
+    assert rundir.is_finished(out)
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "holds a finished run; there is nothing to resume" in capsys.readouterr().err
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(dataset, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train_run(config(), out, data=dataset, verbose=False, on_epoch_end=crash_after(1))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(CifarlabError, match=f"in use by process {sleeper.pid}"):
+            train_run(None, out, data=dataset, verbose=False, resume=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The owner is gone now: its stale lock is taken over.
+    train_run(None, out, data=dataset, verbose=False, resume=True)
+    assert rundir.is_finished(out) and not (out / ".lock").exists()
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/cifarlab-pwned",))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "payload": Evil()}, path)
+    with pytest.raises(CifarlabError, match="refusing to load the checkpoint .* holds code"):
+        rundir.load_checkpoint(path)
+    assert not os.path.exists("/tmp/cifarlab-pwned")
+
+
+def test_out_of_space_keeps_the_previous_checkpoint(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_fsync = os.fsync
+    writes = []
+
+    def full_disk_on_second_checkpoint(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".checkpoint.pt." in name:
+            writes.append(name)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", full_disk_on_second_checkpoint)
+    with pytest.raises(CifarlabError, match=r"cannot write .*checkpoint\.pt \(No space left"):
+        train_run(config(), out, data=dataset, verbose=False)
+    state = rundir.load_checkpoint(out / rundir.CHECKPOINT)
+    assert state["epoch"] == 1  # epoch 1's checkpoint is intact and loadable
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    train_run(None, out, data=dataset, verbose=False, resume=True)
+    assert rundir.is_finished(out)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_prints_the_resume_command_and_exits(sig, code, data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "cifarlab", "train", "--data", str(data_dir), "--out", str(out),
+            "--model", "batchnorm", "--blocks", "2", "--filters", "8,16", "--dense", "32",
+            "--epochs", "400", "--val-split", "60", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / rundir.CHECKPOINT).exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"Resume with: cifarlab train --resume {out}" in err and "Traceback" not in err
+    state = rundir.load_checkpoint(out / rundir.CHECKPOINT)
+    assert state["epoch"] == len(rundir.read_history(out / "history.csv")) >= 1
+    assert not (out / ".lock").exists() and not rundir.is_finished(out)
