@@ -450,8 +450,11 @@ def download_cifar10(dest: Path, url: str | None = None, md5: str | None = None,
     try:
         with urllib.request.urlopen(url, timeout=30) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            live = progress and sys.stderr.isatty()  # a bar on a terminal, one line in logs
+            if progress and not live:
+                print(f"Downloading CIFAR-10 from {url} into {dest}", flush=True)
             with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
-                      disable=not progress, file=sys.stderr) as bar:
+                      disable=not live, file=sys.stderr) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)

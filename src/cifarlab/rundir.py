@@ -49,6 +49,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise CifarlabError(f"cannot write {path} ({e.strerror}); free some space or choose "
                             "another --out") from None
+    except BaseException:  # e.g. a second Ctrl-C: the old file stays, the temp file goes
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, obj) -> None:
@@ -162,7 +165,8 @@ def load_checkpoint(path: Path) -> dict | None:
 @contextlib.contextmanager
 def lock(run: Path):
     """Hold `run` for this process: a second process pointed at it is refused. A lock left
-    by a process that no longer exists is taken over."""
+    by a process that no longer exists is taken over, and so are the temporary files a
+    killed writer may have left."""
     path = Path(run) / ".lock"
     for _ in range(2):
         try:
@@ -179,6 +183,8 @@ def lock(run: Path):
             path.unlink(missing_ok=True)  # its owner is gone
     else:
         raise CifarlabError(f"cannot lock {run}; another process keeps taking it")
+    for stale in Path(run).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
