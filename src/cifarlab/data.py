@@ -251,8 +251,9 @@ def _read_python_archive(path: Path) -> Dataset:
             return _assemble(read, TRAIN_BATCHES, "test_batch", meta_blob,
                              f"{path}:batches.meta", str(path))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise CifarlabError(f"{path} is not a readable tar.gz archive ({e}); download it again "
-                            "or pass the extracted folder") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0].rstrip(":")
+        raise CifarlabError(f"{path} is not a readable tar.gz archive ({reason}); download it "
+                            "again or pass the extracted folder") from None
 
 
 # --------------------------------------------------------------------------- binary release
