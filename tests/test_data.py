@@ -103,6 +103,14 @@ def test_restricted_unpickler_refuses_builtins_eval():
         data.restricted_loads(payload, "x")
 
 
+def test_a_pickle_claiming_a_huge_memo_is_refused_before_allocating_it():
+    # Found by the atheris fuzzer: EMPTY_DICT, LONG_BINPUT 269488383 made CPython's unpickler
+    # allocate a 2 GB memo table.
+    payload = b"}r\xff\x10\x10\x10" + b"\x10" * 40
+    with pytest.raises(CifarlabError, match="memo index 269488383 is far beyond"):
+        data.restricted_loads(payload, "data_batch_1")
+
+
 def test_pickles_written_at_the_default_protocol_are_read_too(tiny, tmp_path):
     folder = tiny.write_python(tmp_path / "p")
     rows = tiny.test_x.transpose(0, 3, 1, 2).reshape(len(tiny.test_x), -1)

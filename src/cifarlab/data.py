@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import shutil
 import sys
 import tarfile
@@ -164,8 +165,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _Refused(f"global {module}.{name} is not allowed")
 
 
+# A real batch memoizes a few tens of thousands of objects. A pickle can name any memo slot,
+# and CPython grows its memo table to that index before anything else is checked: one
+# 6-byte opcode could claim gigabytes (found by fuzzing). Larger indices are refused.
+MAX_MEMO_INDEX = 1_000_000
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _check_memo(blob: bytes, what: str) -> None:
+    try:
+        for op, arg, _ in pickletools.genops(blob):
+            if op.name in _MEMO_OPS and int(arg) > MAX_MEMO_INDEX:
+                raise CifarlabError(f"{what} is not a valid CIFAR-10 batch (memo index {arg} is "
+                                    "far beyond any real batch); replace it with a copy of the "
+                                    "official release")
+    except CifarlabError:
+        raise
+    except Exception:  # opcodes that do not parse: the unpickler itself reports those
+        return
+
+
 def restricted_loads(blob: bytes, what: str):
     """Unpickle a CIFAR batch without letting it run code; `what` names it in errors."""
+    _check_memo(blob, what)
     try:
         return _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except _Refused as e:
