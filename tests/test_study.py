@@ -213,3 +213,40 @@ def test_compare_groups_run_folders_from_different_studies(tmp_path, data, capsy
     assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
     assert "a/v" in capsys.readouterr().out and (tmp_path / "cmp" / "report.html").is_file()
     assert main(["compare", str(tmp_path / "a")]) == 0
+
+
+def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path, data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = toml_study(tmp_path, data, body='[[variant]]\nname = "a"\n[[variant]]\nname = "b"\n'
+                      'dropout = 0.5\n[[variant]]\nname = "c"\ndropout = 0.0\n')
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 40"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cifarlab", "study", str(path), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("runs/*/seed-*/checkpoint.pt")):
+        time.sleep(0.1)
+    finished_at_signal = {p.parent for p in out.glob("runs/*/seed-*/metrics.json")}
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "re-run the same command" in err and "Traceback" not in err
+    # Nothing trained on after the Ctrl-C: no run finished since, queued runs never started,
+    # and the runs in progress kept their checkpoints.
+    finished_before = {p.parent for p in out.glob("runs/*/seed-*/metrics.json")}
+    assert finished_before == finished_at_signal
+    unfinished = [p for p in out.glob("runs/*/seed-*") if p not in finished_before]
+    assert unfinished and all((p / "checkpoint.pt").is_file() for p in unfinished)
+    assert len(unfinished) <= 2
+    alive = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert alive.strip() == ""  # no job process left behind
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = collect_study(out)
+    assert [len(g.runs) for g in results.groups] == [2, 2, 2] and not results.unfinished
+    assert f"6 runs, {len(finished_before)} already finished" in proc.stdout

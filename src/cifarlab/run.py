@@ -123,9 +123,9 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
             raise
         except Interrupted as e:
             done = _last_epoch(out)
-            print(f"\nInterrupted ({signal.Signals(e.signum).name}); epochs 1-{done} are "
-                  f"saved. Resume with: cifarlab train --resume {out}", file=sys.stderr,
-                  flush=True)
+            saved = f"epochs 1-{done} are saved" if done else "no epoch had finished yet"
+            print(f"\nInterrupted ({signal.Signals(e.signum).name}); {saved}. Resume with: "
+                  f"cifarlab train --resume {out}", file=sys.stderr, flush=True)
             raise
         ev = evaluate(net, test_b, dataset.classes)
         metrics = summarize(cfg, result, ev, device)

@@ -16,9 +16,11 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from .config import RunConfig
 from .errors import CifarlabError
 from .run import train_run
 from .study import Study, slug
+from .train import Interrupted
 
 
 @dataclass
@@ -138,23 +141,44 @@ def _labels(study: Study, t: Task) -> dict:
 # --------------------------------------------------------------------------- parallel jobs
 
 _QUEUE = None
+_STOPPING = False  # set in a job process once it was asked to stop
 
 
 def _worker_init(threads: int, queue, devices) -> None:
+    import signal
+
     import torch
     global _QUEUE
     _QUEUE = queue
     torch.set_num_threads(threads)
     if devices:  # one GPU per job: each worker takes the next free device index
         torch.cuda.set_device(devices.get())
+    # Between runs a Ctrl-C only marks the job as stopping (a KeyboardInterrupt here would
+    # break the pool); during a run, train_run's own handler stops it between two steps.
+    signal.signal(signal.SIGINT, _note_stop)
+    signal.signal(signal.SIGTERM, _note_stop)
 
 
-def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool) -> dict:
+def _note_stop(signum, frame) -> None:
+    global _STOPPING
+    _STOPPING = True
+
+
+def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool) -> dict | None:
+    """Train one run in a job process; None when the job was stopped (the run, if it had
+    begun, is checkpointed). A stopped job declines the runs still queued for it."""
+    global _STOPPING
+    if _STOPPING:
+        return None
     cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
     _QUEUE.put(("start", key, 0, cfg.epochs))
-    result = train_run(cfg, path, verbose=False, labels=labels, resume=resume,
-                       on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
-                                                            cfg.epochs)))
+    try:
+        result = train_run(cfg, path, verbose=False, labels=labels, resume=resume,
+                           on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
+                                                                cfg.epochs)))
+    except Interrupted:
+        _STOPPING = True
+        return None
     return result.metrics
 
 
@@ -183,15 +207,35 @@ def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[T
                 for f in done:
                     t = futures[f]
                     try:
-                        progress.finish(t.key, f.result())
+                        metrics = f.result()
+                        if metrics is None:  # the job was stopped by a signal
+                            raise KeyboardInterrupt
+                        progress.finish(t.key, metrics)
                     except CifarlabError as e:
                         failed.append(t)
                         progress.fail(t.key, str(e))
         except KeyboardInterrupt:
-            for f in pending:
-                f.cancel()
+            _stop_workers(pool, pending)
             raise
+        except BrokenProcessPool:
+            raise CifarlabError("a job process died (killed, or out of memory); finished runs "
+                                "are kept, so re-run the same command to continue") from None
     return failed
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending) -> None:
+    """After a Ctrl-C: cancel queued runs and ask the running ones to stop between two steps
+    (each keeps its last complete epoch); whatever has not stopped after a grace period is
+    killed, which loses at most the epoch in progress."""
+    for f in pending:
+        f.cancel()
+    processes = [p for p in (pool._processes or {}).values() if p.is_alive()]  # no public API
+    for p in processes:  # in case the Ctrl-C reached only this process
+        os.kill(p.pid, signal.SIGINT)
+    wait(pending, timeout=60)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
 
 
 def _drain(queue, progress) -> None:
