@@ -45,38 +45,43 @@ def main():
     subprocess.run(train_args(args.data, ref), check=True)
     full = time.perf_counter() - started
     print(f"uninterrupted run: {full:.1f} s")
-    run = work / "killed"
-    rows, kills = [], 0
-    proc = subprocess.Popen(train_args(args.data, run))
-    while True:
-        delay = rng.uniform(0.05, 1.0) * full / 2
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            if kills < args.kills:
-                proc.send_signal(signal.SIGKILL)
+    rows, kills, trial, mismatches = [], 0, 0, 0
+    while kills < args.kills:  # trials until enough kills; each must end equal to the reference
+        trial += 1
+        run = work / f"trial-{trial}"
+        proc = subprocess.Popen(train_args(args.data, run))
+        while True:
+            delay = rng.uniform(0.1, 0.7) * full
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                if kills < args.kills:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+                    history = run / "history.csv"
+                    epochs = max(0, len(history.read_text().splitlines()) - 1) \
+                        if history.exists() else 0
+                    resume = (run / "checkpoint.pt").exists()
+                    rows.append((kills, trial, f"{delay:.1f}", epochs,
+                                 "resume" if resume else "restart"))
+                    if not resume:  # killed before the first checkpoint: start afresh
+                        shutil.rmtree(run, ignore_errors=True)
+                    proc = subprocess.Popen(train_args(args.data, run, resume=resume))
+                    continue
                 proc.wait()
-                kills += 1
-                epochs = sum(1 for _ in open(run / "history.csv")) - 1 \
-                    if (run / "history.csv").exists() else 0
-                rows.append((kills, f"{delay:.1f}", epochs))
-                resume = (run / "checkpoint.pt").exists()
-                if not resume:  # killed before the first checkpoint: start afresh
-                    shutil.rmtree(run, ignore_errors=True)
-                proc = subprocess.Popen(train_args(args.data, run, resume=resume))
-                continue
-            proc.wait()
+            break
         if proc.returncode != 0:
-            sys.exit(f"a resumed attempt failed with exit code {proc.returncode}")
-        break
-    print("\n| kill | seconds into the attempt | epochs saved when killed |")
-    print("|---|---|---|")
+            sys.exit(f"trial {trial}: the last attempt failed with exit code {proc.returncode}")
+        same = [a == b for a, b in zip(fingerprint(run), fingerprint(ref))]
+        mismatches += same.count(False)
+        print(f"trial {trial}: history identical {same[0]}, weights identical {same[1]}")
+    print("\n| kill | trial | seconds into the attempt | epochs saved | then |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row[0]} | {row[1]} | {row[2]} |")
-    same_history, same_weights = (a == b for a, b in zip(fingerprint(run), fingerprint(ref)))
-    mismatches = (not same_history) + (not same_weights)
-    print(f"\nkills: {kills}; history identical: {same_history}; weights identical: "
-          f"{same_weights}; mismatches: {mismatches}")
+        print("| " + " | ".join(map(str, row)) + " |")
+    print(f"\nkills: {kills} in {trial} trials; mismatches with the uninterrupted run: "
+          f"{mismatches}")
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if mismatches else 0)
 

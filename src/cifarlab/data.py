@@ -399,7 +399,7 @@ def _fingerprint(fmt: str, root: Path) -> str:
     Official files: name, size and modification time of each. Image folders: every file
     name plus each folder's modification time (which changes when a file is added, removed
     or renamed); this skips 60,000 stat calls, so an image edited in place under the same
-    name needs `--no-cache` or a touched folder to be re-read.
+    name is only re-read after its folder is touched or $CIFARLAB_CACHE is cleared.
     """
     h = hashlib.sha256(f"{CACHE_VERSION}|{fmt}|{root.resolve()}".encode())
     if fmt == "folder":

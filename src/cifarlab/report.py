@@ -221,8 +221,10 @@ def figure_curves(results: Results) -> bytes:
             high = np.array([np.max(s) for s in series])
             ax.plot(epochs, mean, color=color, label=g.name, lw=1.6)
             ax.fill_between(epochs, low, high, color=color, alpha=0.15)
+    from matplotlib.ticker import MaxNLocator
     for ax, label in zip(axes, ("validation accuracy", "validation loss")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_title("mean over seeds (band: min to max)")
