@@ -26,10 +26,11 @@ def dataset(data_dir):
 
 
 def config(**changes):
-    # Batch norm, dropout, a one-cycle schedule and early stopping: every kind of state.
+    # Batch norm, dropout, a one-cycle schedule, early stopping and augmentation draws:
+    # every kind of state a resume must restore or replay.
     values = dict(model="batchnorm", blocks=2, filters=(8, 16), dense=(32,), epochs=5,
                   val_split=60, device="cpu", optimizer="sgd", lr=0.05, schedule="onecycle",
-                  early_stopping="val_accuracy:10", seed=3)
+                  early_stopping="val_accuracy:10", seed=3, augment="altflip,translate:2,cutout")
     values.update(changes)
     return RunConfig(**values)
 

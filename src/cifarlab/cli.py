@@ -33,6 +33,8 @@ HELP = {
     "fraction": "train on this stratified fraction of the training images, in (0, 1]",
     "split_seed": "seed of the validation split and the training subset",
     "normalize": "unit (pixels in [0, 1], the study's) or standard (per-channel mean/std)",
+    "augment": "training augmentation: comma-separated flip, altflip, translate[:N], "
+               "cutout[:N], e.g. flip,translate:4 (default none, as in the study)",
     "epochs": "maximum number of epochs",
     "batch_size": "images per training step",
     "optimizer": "adam, adamw or sgd (Nesterov momentum)",

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
+from . import augment, models
 from .early_stopping import parse_spec
 from .errors import CifarlabError
 
@@ -45,6 +45,7 @@ class RunConfig:
     fraction: float = 1.0  # of the remaining training images, stratified
     split_seed: int = 0  # fixes the validation split and subset, the same for every run seed
     normalize: str = "unit"  # "unit": pixels in [0, 1] as in the study; "standard": mean/std
+    augment: str | None = None  # e.g. "flip,translate:4,cutout:8" (the study used none)
     # --- optimisation (defaults are the study's: Adam 1e-3, batch 32)
     epochs: int = 10
     batch_size: int = 32
@@ -90,6 +91,7 @@ class RunConfig:
             need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.early_stopping:
             parse_spec(self.early_stopping)
+        augment.parse(self.augment)
         self.net_config()  # unknown preset, impossible shape
         return self
 

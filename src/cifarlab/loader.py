@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .augment import apply as apply_augment
 from .data import Dataset
 from .errors import CifarlabError
 
@@ -117,9 +118,16 @@ class Batches:
             yield (self.normalise(self.x[start:start + self.batch_size]),
                    self.y[start:start + self.batch_size])
 
-    def shuffled(self, generator: torch.Generator):
-        """One epoch of batches in an order drawn from `generator`; the last may be smaller."""
+    def shuffled(self, generator: torch.Generator, augment: dict | None = None,
+                 seed: int = 0, epoch: int = 1):
+        """One epoch of batches in an order drawn from `generator`; the last may be smaller.
+
+        `augment` (from augment.parse) is applied to each uint8 batch before normalising,
+        with draws from the same generator, so (seed, epoch) fixes them too."""
         order = torch.randperm(len(self.y), generator=generator).to(self.y.device)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield self.normalise(self.x.index_select(0, idx)), self.y.index_select(0, idx)
+            x = self.x.index_select(0, idx)
+            if augment:
+                x = apply_augment(x, augment, generator, seed, epoch, idx)
+            yield self.normalise(x), self.y.index_select(0, idx)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import parse as parse_augment
 from .config import RunConfig
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
@@ -149,6 +150,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     schedule = make_schedule(opt, cfg, cfg.epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tracker = make_tracker(cfg)
+    augmentation = parse_augment(cfg.augment)
     result = FitResult(tracker=tracker)
     first, stop = 1, False
     if resume is not None:
@@ -173,7 +175,9 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         progress.start(epoch)
-        for step, (x, y) in enumerate(train.shuffled(torch.Generator().manual_seed(seed)), 1):
+        batches = train.shuffled(torch.Generator().manual_seed(seed), augmentation, cfg.seed,
+                                 epoch)
+        for step, (x, y) in enumerate(batches, 1):
             with autocast(device):
                 logits = net(x)
                 loss = loss_fn(logits.float(), y)
