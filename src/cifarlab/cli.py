@@ -67,6 +67,8 @@ EXAMPLES = {
              "--max-epochs 4 --jobs 2 --out runs/seed-small\n"
              "  cifarlab study my-study.toml --out runs/mine",
     "report": "example:\n  cifarlab report runs/seed-small",
+    "predict": "examples:\n  cifarlab predict runs/batchnorm-20261129-101500 cat.jpg holiday/\n"
+               "  cifarlab predict runs/batchnorm-20261129-101500 photos/ --top-k 1 --json",
     "compare": "example:\n  cifarlab compare runs/seed-small runs/simple-20261129-101500 "
                "--out runs/comparison",
 }
@@ -225,6 +227,22 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import json
+
+    from .predict import predict
+    results = predict(args.run_dir, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"file": r.file, "predictions": [
+            {"class": c, "probability": round(p, 6)} for c, p in r.top]} for r in results],
+            indent=2))
+    else:
+        width = max(len(r.file) for r in results)
+        for r in results:
+            print(f"{r.file:<{width}}  " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarlab", description="Run, compare and explain CNN experiments on "
                     "CIFAR-10.", epilog="example:\n  cifarlab train --model simple --epochs 10",
@@ -276,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", "rebuild a study's report.html and report.md from its run folders")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_report)
+
+    p = command("predict", "classify your own pictures (any size or format) with a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top-k", type=_typed(int), default=3, metavar="K",
+                   help="how many classes to show per picture (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_predict)
 
     p = command("compare", "compare run folders (or study folders) with statistics over seeds")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
