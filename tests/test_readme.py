@@ -1,0 +1,24 @@
+"""The README's Python example runs as written, on tiny data and a tiny network."""
+
+import re
+from pathlib import Path
+
+from conftest import Tiny
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+    block = re.search(r"### Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    data = Tiny(per_class_train=30, per_class_test=5).write_binary(tmp_path / "data")
+    # Only the data location and the size of the job change; the calls are the README's.
+    code = block.replace('"../shared/data/cifar10-jpeg"', repr(str(data)))
+    code = code.replace("epochs=20", "epochs=2, blocks=2, filters=(8, 16), dense=(32,), "
+                        "val_split=50, device='cpu'")
+    assert code != block
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"^0\.\d+ \[", printed, re.M)  # test accuracy, then the confused pairs
+    assert "'epoch': 2" in printed
+    assert (tmp_path / "runs" / "notebook-batchnorm" / "metrics.json").is_file()
