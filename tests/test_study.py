@@ -254,3 +254,20 @@ def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path
     results = collect_study(out)
     assert [len(g.runs) for g in results.groups] == [2, 2, 2] and not results.unfinished
     assert f"6 runs, {len(finished_before)} already finished" in proc.stdout
+
+
+def test_a_second_study_process_on_the_same_folder_is_refused(tmp_path, data, capsys):
+    import subprocess
+    import sys
+    path = toml_study(tmp_path, data, body='[[variant]]\nname = "a"\n', seeds=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        assert main(["study", str(path), "--out", str(out)]) == 2
+        assert f"is in use by process {sleeper.pid}" in capsys.readouterr().err
+        assert not (out / "runs").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

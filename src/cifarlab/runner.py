@@ -89,6 +89,11 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
     except OSError as e:
         raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
                             "writable --out") from None
+    with rundir.lock(out):  # a second study process on this folder is refused
+        return _run_locked(study, out, jobs, verbose, tasks)
+
+
+def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task]) -> list[Task]:
     rundir.write_json(out / "study.json", study.to_dict())
     todo = [t for t in tasks if not rundir.is_finished(t.path)]
     for t in todo:
