@@ -103,10 +103,20 @@ def test_evaluate_refuses_a_run_from_a_newer_format(tmp_path, capsys):
     assert "written by a newer cifarlab" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "models"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "models", "study", "report",
+                                     "compare", "predict", "export"])
 def test_every_subcommand_help_shows_an_example(command, capsys):
     assert main([command, "--help"]) == 0
     assert "cifarlab " + command in capsys.readouterr().out.split("example")[1]
+
+
+def test_top_level_help_lists_every_command_with_an_example(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "models", "study", "report", "compare", "predict",
+                    "export"):
+        assert command in out
+    assert "example:\n  cifarlab train" in out
 
 
 def test_module_entry_point_and_version():

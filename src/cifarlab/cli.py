@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .config import FIELDS, RunConfig, check_settings, load_toml
 from .errors import CifarlabError
+from .trackers import parse as parse_trackers
 
 HELP = {
     "model": "network preset: simple, deep or batchnorm (see `cifarlab models`)",
@@ -67,6 +68,8 @@ EXAMPLES = {
              "--max-epochs 4 --jobs 2 --out runs/seed-small\n"
              "  cifarlab study my-study.toml --out runs/mine",
     "report": "example:\n  cifarlab report runs/seed-small",
+    "export": "examples:\n  cifarlab export runs/batchnorm-20261129-101500 --format onnx\n"
+              "  cifarlab export runs/batchnorm-20261129-101500 --format torchscript",
     "predict": "examples:\n  cifarlab predict runs/batchnorm-20261129-101500 cat.jpg holiday/\n"
                "  cifarlab predict runs/batchnorm-20261129-101500 photos/ --top-k 1 --json",
     "compare": "example:\n  cifarlab compare runs/seed-small runs/simple-20261129-101500 "
@@ -139,10 +142,12 @@ def cmd_train(args) -> int:
                                   if args.config else {}),
                       **{k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}}
             cfg = RunConfig(**check_settings(values, "settings"))
-        train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True)
+        train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True,
+                  track=parse_trackers(args.track), mlflow_uri=args.mlflow_uri)
         return 0
     cfg = settings_from_args(args)
-    train_run(cfg, out=args.out, verbose=not args.quiet)
+    train_run(cfg, out=args.out, verbose=not args.quiet, track=parse_trackers(args.track),
+              mlflow_uri=args.mlflow_uri)
     return 0
 
 
@@ -243,6 +248,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+    path, diff = export(args.run_dir, args.format, args.out)
+    print(f"Wrote {path}; largest difference from PyTorch on a check batch: {diff:.1e}\n"
+          "input 'images': float32 N x 3 x 32 x 32, RGB pixel values 0-255; output "
+          "'probabilities': float32 N x classes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarlab", description="Run, compare and explain CNN experiments on "
                     "CIFAR-10.", epilog="example:\n  cifarlab train --model simple --epochs 10",
@@ -262,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an unfinished run from its last complete epoch")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--track", metavar="KIND", help="also log to tensorboard, mlflow or both "
+                   "(comma-separated); needs pip install 'cifarlab[trackers]'")
+    p.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default "
+                   "$MLFLOW_TRACKING_URI, else ./mlruns)")
     add_setting_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -302,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many classes to show per picture (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_predict)
+
+    p = command("export", "export a run's network (normalisation built in) as ONNX or TorchScript")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, help="onnx or torchscript")
+    p.add_argument("--out", metavar="FILE", help="default RUN_DIR/model.onnx or "
+                   "RUN_DIR/model.torchscript.pt")
+    p.set_defaults(func=cmd_export)
 
     p = command("compare", "compare run folders (or study folders) with statistics over seeds")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

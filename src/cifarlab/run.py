@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, models, plots, rundir
+from . import __version__, models, plots, rundir, trackers
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError
@@ -68,15 +68,18 @@ def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.
 
 def train_run(cfg: RunConfig | None, out: str | Path | None = None,
               data: Dataset | None = None, verbose: bool = True, on_epoch_end=None,
-              labels: dict | None = None, resume: bool = False) -> RunResult:
+              labels: dict | None = None, resume: bool = False,
+              track: list[str] | None = None, mlflow_uri: str | None = None) -> RunResult:
     """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>).
 
     `on_epoch_end(row)` is called after each epoch's history row is saved; `labels` (e.g.
     the study and variant a run belongs to) are recorded in config.json. With `resume`, `out`
     is an unfinished run folder: training continues from its last complete epoch, exactly as
     if it had never stopped; `cfg` may be None (the folder's own settings) and is otherwise
-    refused if it differs from them.
+    refused if it differs from them. `track` mirrors the run into trackers ("tensorboard",
+    "mlflow"; see trackers.py).
     """
+    trackers.check(track or [])
     state = None
     if resume:
         cfg, state, labels = _resume_point(cfg, out)
@@ -88,9 +91,13 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     net = build_network(cfg, dataset.num_classes, device)
     out = Path(out) if resume else rundir.create(Path(out) if out else default_out(cfg))
-    with rundir.lock(out), _graceful_signals() as signalled:
+    with rundir.lock(out), _graceful_signals() as signalled, contextlib.ExitStack() as stack:
         if not resume:
             _write_config(out, cfg, net, dataset, labels, train, val, test)
+        views = trackers.make(track or [], out, mlflow_uri)
+        for view in views:
+            stack.callback(view.close)
+            view.start(cfg.to_dict())
         net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
         if verbose:
             val_text = f"{len(val):,} validation images" if cfg.val_split else \
@@ -106,6 +113,8 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
+            for view in views:
+                view.epoch(row)
             if on_epoch_end is not None:
                 on_epoch_end(row)
 
@@ -131,6 +140,8 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
         metrics = summarize(cfg, result, ev, device)
         write_outputs(out, net, result.history, ev, metrics)
         (out / rundir.CHECKPOINT).unlink(missing_ok=True)  # the finished run no longer needs it
+        for view in views:
+            view.finish(metrics, out)
     if verbose:
         print(summary_text(metrics, out), flush=True)
     return RunResult(out, cfg, net, result, ev, metrics)
