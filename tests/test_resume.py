@@ -175,3 +175,46 @@ def test_a_signal_saves_prints_the_resume_command_and_exits(sig, code, data_dir,
     state = rundir.load_checkpoint(out / rundir.CHECKPOINT)
     assert state["epoch"] == len(rundir.read_history(out / "history.csv")) >= 1
     assert not (out / ".lock").exists() and not rundir.is_finished(out)
+
+
+def test_a_second_ctrl_c_exits_at_once_leaving_disk_consistent(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "cifarlab", "train", "--data", str(data_dir), "--out", str(out),
+            "--model", "batchnorm", "--blocks", "2", "--filters", "8,16", "--dense", "32",
+            "--epochs", "400", "--val-split", "60", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / rundir.CHECKPOINT).exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # impatient: the second one is not caught
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    state = rundir.load_checkpoint(out / rundir.CHECKPOINT)  # still a complete checkpoint
+    assert state["epoch"] >= 1
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    rundir.load_run(out)  # config.json and history.csv parse
+
+
+def test_divergence_after_good_epochs_keeps_their_checkpoint(dataset, tmp_path, monkeypatch):
+    import math
+
+    from cifarlab import train
+    calls = {"n": 0}
+    steps_per_epoch = -(-len(dataset.train_y[:-60]) // 32)
+
+    class FakeMath:  # the loss turns non-finite in epoch 3
+        def __getattr__(self, name):
+            return getattr(math, name)
+
+        def isfinite(self, value):
+            calls["n"] += 1
+            # each epoch checks every step and then the epoch loss: steps + 1 calls
+            return calls["n"] <= 2 * (steps_per_epoch + 1) and math.isfinite(value)
+    monkeypatch.setattr(train, "math", FakeMath())
+    out = tmp_path / "run"
+    with pytest.raises(CifarlabError, match="diverged at epoch 3"):
+        train_run(config(), out, data=dataset, verbose=False)
+    assert rundir.load_checkpoint(out / rundir.CHECKPOINT)["epoch"] == 2
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+    assert len(rundir.read_history(out / "history.csv")) == 2
