@@ -201,10 +201,11 @@ def cmd_study(args) -> int:
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
         return 130
-    html_path, md_path = report.write(report.collect_study(out), out)
+    results = report.collect_study(out)
+    html_path, md_path = report.write(results, out)
     print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
           f"and {md_path}")
-    print(report.markdown_table(report.collect_study(out)))
+    print(report.markdown_table(results))
     if failed:
         print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
               "re-run the same command to retry them", file=sys.stderr)

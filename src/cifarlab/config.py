@@ -68,6 +68,13 @@ class RunConfig:
         changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}
         return models.customize(models.preset(self.model), **changes)
 
+    def with_absolute_data(self) -> "RunConfig":
+        """The same settings with `data` as an absolute path, as run folders record it (so
+        `cifarlab evaluate` works from any folder and settings compare equal)."""
+        if not self.data:
+            return self
+        return dataclasses.replace(self, data=str(Path(self.data).expanduser().resolve()))
+
     def validate(self) -> "RunConfig":
         """Check ranges and choices; return self so calls can chain."""
         def need(ok, message):

@@ -388,13 +388,14 @@ def write(results: Results, out: str | Path, gallery: bool = True) -> tuple[Path
                 gallery_note = "The best variant classified every test image correctly."
         except CifarlabError as e:
             gallery_note = f"No gallery: the test images could not be loaded ({e})."
+    pairs = {g.name: most_confused_pairs(g, 3) if g.runs else [] for g in results.groups}
     names = {}
     for i, (section, caption, png) in enumerate(images):
         name = f"{i:02d}-{section}.png"
         rundir.atomic_write(files / name, png)
         names[i] = name
-    md = _markdown(results, images, names, best, gallery_items, gallery_note)
-    page = _html(results, images, best, gallery_items, gallery_note)
+    md = _markdown(results, images, names, best, gallery_items, gallery_note, pairs)
+    page = _html(results, images, best, gallery_items, gallery_note, pairs)
     rundir.atomic_write(out / "report.md", md)
     rundir.atomic_write(out / "report.html", page)
     return out / "report.html", out / "report.md"
@@ -404,7 +405,7 @@ def _settings_rows(results: Results) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in results.settings.items() if v not in ("", None)]
 
 
-def _markdown(results, images, names, best, gallery, gallery_note) -> str:
+def _markdown(results, images, names, best, gallery, gallery_note, confused) -> str:
     parts = [f"# {results.title}", ""]
     if results.scale_text and results.scale_text.startswith("SCALED"):
         parts += [f"> **{results.scale_text}** — not the full study.", ""]
@@ -417,9 +418,8 @@ def _markdown(results, images, names, best, gallery, gallery_note) -> str:
         parts += [f"### {caption}", "", f"![{caption}](report_files/{names[i]})", ""]
     parts += ["## Most confused class pairs (true -> predicted, summed over seeds)", ""]
     for g in results.groups:
-        pairs = most_confused_pairs(g, 3) if g.runs else []
-        parts.append(f"- **{g.name}**: " + (", ".join(f"{t} -> {p}: {c}" for t, p, c in pairs)
-                                           or "none"))
+        parts.append(f"- **{g.name}**: " + (", ".join(
+            f"{t} -> {p}: {c}" for t, p, c in confused[g.name]) or "none"))
     parts.append("")
     if best is not None:
         parts += [f"## Misclassified test images of the best variant ({best.name})", ""]
@@ -435,7 +435,7 @@ STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t confid
              "variants share seeds, else Welch's t-test; verdicts at the 5% level.")
 
 
-def _html(results, images, best, gallery, gallery_note) -> str:
+def _html(results, images, best, gallery, gallery_note, confused) -> str:
     e = html.escape
 
     def img(png, alt):
@@ -469,9 +469,8 @@ def _html(results, images, best, gallery, gallery_note) -> str:
                                  "</figcaption></figure>")
     pairs = []
     for g in results.groups:
-        found = most_confused_pairs(g, 3) if g.runs else []
         pairs.append(f"<li><b>{e(g.name)}</b>: " + (", ".join(
-            f"{e(t)} → {e(p)}: {c}" for t, p, c in found) or "none") + "</li>")
+            f"{e(t)} → {e(p)}: {c}" for t, p, c in confused[g.name]) or "none") + "</li>")
     tiles = "".join(
         f'<div class="tile">{img(item["png"], item["true"])}<span>true <b>{e(item["true"])}'
         f'</b><br>predicted <b>{e(item["predicted"])}</b><br>{item["confidence"]:.0%}</span>'

@@ -83,9 +83,7 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
     state = None
     if resume:
         cfg, state, labels = _resume_point(cfg, out)
-    cfg = cfg.validate()
-    if cfg.data:  # recorded absolute, so `cifarlab evaluate` works from any folder
-        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
+    cfg = cfg.validate().with_absolute_data()
     device = resolve_device(cfg.device)
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
@@ -164,9 +162,7 @@ def _resume_point(cfg: RunConfig | None, out) -> tuple[RunConfig, dict | None, d
         raise CifarlabError(f"{out} holds a finished run; there is nothing to resume")
     saved = RunConfig.from_dict(info["config"]["settings"], where=str(out / "config.json"))
     if cfg is not None:
-        mine = cfg.to_dict()
-        if mine.get("data"):
-            mine["data"] = str(Path(mine["data"]).expanduser().resolve())
+        mine = cfg.with_absolute_data().to_dict()
         changed = [k for k, v in saved.to_dict().items() if mine[k] != v]
         if changed:
             raise CifarlabError(

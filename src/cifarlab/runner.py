@@ -64,9 +64,7 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
     for t in tasks:
         if rundir.is_finished(t.path):
             saved = json.loads((t.path / "config.json").read_text())["settings"]
-            planned = t.cfg.to_dict()
-            if saved.get("data") and planned.get("data"):
-                planned["data"] = str(Path(planned["data"]).expanduser().resolve())
+            planned = t.cfg.with_absolute_data().to_dict()
             changed = sorted(k for k in planned if saved.get(k) != planned[k])
             if changed:
                 raise CifarlabError(
