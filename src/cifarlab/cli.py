@@ -12,13 +12,20 @@ import time
 import typing
 from pathlib import Path
 
-from . import __version__
-from .config import FIELDS, RunConfig, check_settings, load_toml
+from . import __version__, distributed
+from .config import FIELDS, RunConfig, check_settings, load_toml, with_recipe
 from .errors import CifarlabError
 from .trackers import parse as parse_trackers
 
 HELP = {
-    "model": "network preset: simple, deep or batchnorm (see `cifarlab models`)",
+    "recipe": "a network and training recipe together: fast (the speed recipe); other "
+              "settings given override it",
+    "budget": "training time, e.g. 90s, 5m or 1h: the steps that fit are planned from the "
+              "measured speed and the schedule spans them (replaces --epochs)",
+    "progressive": "fraction of the training steps on half-resolution (16x16) images, "
+                   "which are 4x cheaper",
+    "tta": "test-time augmentation at evaluation: 0 none, 1 flips, 2 flips and 1-pixel shifts",
+    "model": "network preset: simple, deep, batchnorm or fast (see `cifarlab models`)",
     "blocks": "number of conv blocks (each ends in a 2x2 max-pool); extra blocks double filters",
     "filters": "filters per block, e.g. 32,64,128",
     "convs_per_block": "convolutions in each block",
@@ -44,7 +51,8 @@ HELP = {
     "nesterov": "Nesterov momentum for SGD",
     "weight_decay": "weight decay",
     "label_smoothing": "label smoothing of the cross-entropy targets",
-    "schedule": "learning-rate schedule: constant, onecycle or cosine",
+    "schedule": "learning-rate schedule: constant, onecycle, cosine or linear (warm-up then "
+                "linear decay)",
     "early_stopping": "METRIC:PATIENCE, e.g. val_accuracy:10 or val_loss:5",
     "min_delta": "smallest change of the monitored metric that counts as an improvement",
     "start_from_epoch": "epochs of warm-up before early stopping starts watching",
@@ -66,7 +74,8 @@ EXAMPLES = {
              "  cifarlab study seed --print > my-study.toml\n"
              "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 2 --fraction 0.1 "
              "--max-epochs 4 --jobs 2 --out runs/seed-small\n"
-             "  cifarlab study my-study.toml --out runs/mine",
+             "  cifarlab study my-study.toml --out runs/mine\n"
+             "  cifarlab study my-study.toml --executor ray --address head-node:6379",
     "report": "example:\n  cifarlab report runs/seed-small",
     "export": "examples:\n  cifarlab export runs/batchnorm-20261129-101500 --format onnx\n"
               "  cifarlab export runs/batchnorm-20261129-101500 --format torchscript",
@@ -127,11 +136,12 @@ def settings_from_args(args) -> RunConfig:
     values = load_toml(args.config) if args.config else {}
     values = check_settings(values, where=args.config or "config")
     values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None})
-    return RunConfig(**values).validate()
+    return RunConfig(**with_recipe(values)).validate()
 
 
 def cmd_train(args) -> int:
     from .run import train_run
+    from .train import resolve_device
     if args.resume:
         given = args.config or any(getattr(args, k) is not None for k in FIELDS)
         cfg = None
@@ -142,13 +152,33 @@ def cmd_train(args) -> int:
                                   if args.config else {}),
                       **{k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}}
             cfg = RunConfig(**check_settings(values, "settings"))
+        if args.nproc is not None and not distributed.launched():
+            return distributed.launch(args.nproc, strip_option(args.argv, "--nproc"))
         train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True,
-                  track=parse_trackers(args.track), mlflow_uri=args.mlflow_uri)
+                  track=parse_trackers(args.track), mlflow_uri=args.mlflow_uri,
+                  sync_bn=args.sync_bn)
         return 0
     cfg = settings_from_args(args)
+    if args.nproc is not None and not distributed.launched():
+        if args.sync_bn and resolve_device(cfg.device).type != "cuda":
+            raise CifarlabError(distributed.SYNC_BN_CPU)
+        return distributed.launch(args.nproc, strip_option(args.argv, "--nproc"))
     train_run(cfg, out=args.out, verbose=not args.quiet, track=parse_trackers(args.track),
-              mlflow_uri=args.mlflow_uri)
+              mlflow_uri=args.mlflow_uri, sync_bn=args.sync_bn)
     return 0
+
+
+def strip_option(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` or `flag=VALUE`."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -196,7 +226,13 @@ def cmd_study(args) -> int:
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
     started = time.perf_counter()
     try:
-        failed = run_study(st, out, jobs=args.jobs)
+        ray = None
+        if args.executor == "ray":
+            from .ray_runner import RayOptions
+            ray = RayOptions(args.address, args.cpus_per_task, args.gpus_per_task, args.retries)
+        elif args.address:
+            raise CifarlabError("--address is for --executor ray; add --executor ray or drop it")
+        failed = run_study(st, out, jobs=args.jobs, ray=ray)
     except KeyboardInterrupt:
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
@@ -281,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(comma-separated); needs pip install 'cifarlab[trackers]'")
     p.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default "
                    "$MLFLOW_TRACKING_URI, else ./mlruns)")
+    p.add_argument("--nproc", type=_typed(int), metavar="N",
+                   help="train data-parallel on N processes of this machine (one per GPU on "
+                   "CUDA), via torchrun; the batch size stays the global one")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronise batch norm statistics across the processes (CUDA only)")
     add_setting_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -300,6 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/study-<name>)")
     p.add_argument("--jobs", type=_typed(int), default=1, metavar="N",
                    help="runs trained at once, each with its share of the cores (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: --jobs processes on this machine (default); ray: one Ray task "
+                   "per run on a Ray cluster (pip install 'cifarlab[ray]')")
+    p.add_argument("--address", metavar="HOST:PORT", help="Ray cluster to use (default: start "
+                   "Ray on this machine)")
+    p.add_argument("--cpus-per-task", type=_typed(float), default=1.0, metavar="N",
+                   help="Ray: CPUs (and torch threads) per run (default 1)")
+    p.add_argument("--gpus-per-task", type=_typed(float), metavar="G",
+                   help="Ray: GPUs per run, a fraction packs runs on one GPU (default 1 when "
+                   "the cluster has GPUs, else 0)")
+    p.add_argument("--retries", type=_typed(int), default=2, metavar="N",
+                   help="Ray: attempts again a run whose worker died, up to N times (default 2)")
     p.add_argument("--data", help=HELP["data"])
     p.add_argument("--device", help=HELP["device"])
     p.add_argument("--seeds", type=_typed(int), metavar="N", help="use N seeds")
@@ -338,14 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse's own exits included)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a flag argparse could not parse
         return e.code if isinstance(e.code, int) else 2
+    args.argv = argv
     try:
         return args.func(args)
     except CifarlabError as e:
-        print(f"cifarlab: error: {e}", file=sys.stderr)
+        if distributed.should_report(e):
+            print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)  # train.Interrupted carries its signal

@@ -22,13 +22,53 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "onecycle", "cosine")
+SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("unit", "standard")
 
 
+# A recipe is a network and a way to train it, chosen together; settings given explicitly
+# (flags, config files, study variants) override the recipe's. Every value below earned its
+# place in benchmarks/ablation.py (see README, Performance).
+RECIPES = {
+    "fast": dict(model="fast", optimizer="sgd", lr=0.2, momentum=0.85, nesterov=True,
+                 weight_decay=5e-4, label_smoothing=0.2, schedule="linear", batch_size=256,
+                 augment="altflip,translate:2", normalize="standard", tta=2, epochs=8),
+}
+
+
+def with_recipe(values: dict) -> dict:
+    """`values` over the defaults of the recipe they name (if any)."""
+    name = values.get("recipe")
+    if name is None:
+        return dict(values)
+    if name not in RECIPES:
+        raise CifarlabError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return {**RECIPES[name], **values}
+
+
+def parse_budget(text: str | None) -> float | None:
+    """'90s', '5m', '1.5h' or a bare number of seconds -> seconds (None stays None)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    body = text.strip().lower()
+    factor = units.get(body[-1:], None)
+    number = body[:-1] if factor else body
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise CifarlabError(f"budget {text!r} is not a positive duration; write e.g. 90s, 5m "
+                            "or 1.5h")
+    return seconds
+
+
 @dataclass
 class RunConfig:
+    # --- a recipe (network + training) whose settings fill in whatever is not given
+    recipe: str | None = None
     # --- the network: a preset, optionally varied
     model: str = "simple"
     blocks: int | None = None
@@ -55,7 +95,10 @@ class RunConfig:
     nesterov: bool = True  # SGD only
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
-    schedule: str = "constant"  # per-step: "onecycle" or "cosine" over the planned epochs
+    schedule: str = "constant"  # per-step "onecycle", "cosine" or "linear" (warm-up, decay)
+    budget: str | None = None  # e.g. "5m": train as many steps as fit (replaces epochs)
+    progressive: float = 0.0  # fraction of the steps trained on half-resolution images
+    tta: int = 0  # test-time augmentation: 0 none, 1 flips, 2 flips and 1-pixel shifts
     # --- early stopping, like Keras' callback
     early_stopping: str | None = None  # "val_accuracy:10" = metric:patience
     min_delta: float = 0.0
@@ -92,6 +135,12 @@ class RunConfig:
         need(self.min_delta >= 0, f"min_delta must be 0 or more, got {self.min_delta}")
         need(self.start_from_epoch >= 0,
              f"start_from_epoch must be 0 or more, got {self.start_from_epoch}")
+        need(0 <= self.progressive < 1,
+             f"progressive must be in [0, 1), got {self.progressive}")
+        need(self.tta in (0, 1, 2), f"tta must be 0, 1 or 2, got {self.tta}")
+        parse_budget(self.budget)
+        if self.recipe is not None:
+            with_recipe({"recipe": self.recipe})
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("device", DEVICES), ("normalize", NORMALIZE)):
             value = getattr(self, name)
@@ -109,7 +158,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "RunConfig":
         """Build from plain data (JSON, TOML), refusing unknown keys and wrong types."""
-        return cls(**check_settings(values, where)).validate()
+        return cls(**with_recipe(check_settings(values, where))).validate()
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -9,6 +9,7 @@ Shuffling draws from a generator seeded by (seed, epoch), so any epoch can be re
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,10 @@ def stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -
 
 def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as a uint8 N x H x W x C tensor, labels as int64, both on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(split.x)).to(device)
+    x = np.ascontiguousarray(split.x)
+    if not x.flags.writeable:  # e.g. shared read-only from Ray's object store
+        x = x.copy()
+    x = torch.from_numpy(x).to(device)
     return x, torch.from_numpy(np.asarray(split.y, np.int64)).to(device)
 
 
@@ -118,16 +122,34 @@ class Batches:
             yield (self.normalise(self.x[start:start + self.batch_size]),
                    self.y[start:start + self.batch_size])
 
+    def subset(self, part: slice) -> "Batches":
+        """The same batches over images `part` only (a view: nothing is copied)."""
+        view = copy.copy(self)
+        view.x, view.y = self.x[part], self.y[part]
+        return view
+
     def shuffled(self, generator: torch.Generator, augment: dict | None = None,
-                 seed: int = 0, epoch: int = 1):
+                 seed: int = 0, epoch: int = 1, group=None):
         """One epoch of batches in an order drawn from `generator`; the last may be smaller.
 
         `augment` (from augment.parse) is applied to each uint8 batch before normalising,
-        with draws from the same generator, so (seed, epoch) fixes them too."""
+        with draws from the same generator, so (seed, epoch) fixes them too.
+
+        With `group` (a distributed.Group, in a data-parallel run) every process draws the same global batches and keeps
+        its own slice, so N processes see exactly the images, augmented exactly alike, that
+        one process would. A final global batch too small to give every process an image
+        is dropped."""
         order = torch.randperm(len(self.y), generator=generator).to(self.y.device)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
+            part = None
+            if group is not None:
+                if len(idx) < group.world_size:
+                    return
+                part = group.shard(len(idx))
             x = self.x.index_select(0, idx)
             if augment:
                 x = apply_augment(x, augment, generator, seed, epoch, idx)
+            if part is not None:
+                x, idx = x[part], idx[part]
             yield self.normalise(x), self.y.index_select(0, idx)

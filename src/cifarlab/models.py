@@ -16,6 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import CifarlabError
@@ -35,6 +36,10 @@ class NetConfig:
     num_classes: int = 10
     image_size: int = 32
     in_channels: int = 3
+    # "classic": the study's family above. "fast": the speed recipe's network (see build_fast):
+    # a frozen 2x2 whitening stem, then per block conv -> max-pool -> batch norm -> GELU ->
+    # conv -> batch norm -> GELU, global max-pool and a scaled linear head.
+    style: str = "classic"
 
 
 PRESETS: dict[str, tuple[str, NetConfig]] = {
@@ -50,7 +55,16 @@ PRESETS: dict[str, tuple[str, NetConfig]] = {
         "Part 4: 5x5 then 3x3 convs with batch norm and max-pool, dense 128, dropout 0.3",
         NetConfig(filters=(32, 64, 128), stem_kernel_size=5, batchnorm=True, dropout=0.3),
     ),
+    "fast": (
+        "Speed recipe: whitening stem, 3 blocks of conv-pool-norm-GELU x2, max-pool head",
+        NetConfig(filters=(64, 128, 256), convs_per_block=2, batchnorm=True, head="max",
+                  dense=(), style="fast"),
+    ),
 }
+
+WHITEN_KERNEL = 2  # the whitening stem's patch size
+BN_MOMENTUM_FAST = 0.4  # PyTorch's convention: running = 0.6 running + 0.4 batch
+HEAD_SCALE = 1 / 9  # the fast head's logits are scaled down: a gentler start for SGD
 
 # Settings a user may change on top of a preset (command line, study files).
 NET_OVERRIDES = ("blocks", "filters", "convs_per_block", "kernel_size", "batchnorm", "head",
@@ -105,8 +119,12 @@ def validate(config: NetConfig) -> None:
                                 f"{config.image_size} image; use 1 to {config.image_size}")
     if not 0.0 <= config.dropout < 1.0:
         raise CifarlabError(f"dropout must be in [0, 1), got {config.dropout}")
-    if config.head not in ("flatten", "gap"):
-        raise CifarlabError(f"head must be 'flatten' or 'gap', got {config.head!r}")
+    if config.style not in ("classic", "fast"):
+        raise CifarlabError(f"style must be 'classic' or 'fast', got {config.style!r}")
+    heads = ("flatten", "gap", "max") if config.style == "fast" else ("flatten", "gap")
+    if config.head not in heads:
+        raise CifarlabError(f"head must be {' or '.join(repr(h) for h in heads)}, got "
+                            f"{config.head!r}")
     if config.dropout_at not in ("flatten", "dense"):
         raise CifarlabError(f"dropout_at must be 'flatten' or 'dense', got {config.dropout_at!r}")
     max_blocks = int(math.log2(config.image_size))
@@ -119,6 +137,8 @@ def validate(config: NetConfig) -> None:
 def build(config: NetConfig) -> nn.Sequential:
     """Build the network described by `config` (validated first)."""
     validate(config)
+    if config.style == "fast":
+        return build_fast(config)
     layers: list[nn.Module] = []
     channels = config.in_channels
     size = config.image_size
@@ -155,6 +175,79 @@ def build(config: NetConfig) -> nn.Sequential:
     return net
 
 
+class Whiten(nn.Conv2d):
+    """A 2x2 convolution whose filters whiten the training images' patches (set by
+    `init_whitening`); its weights stay fixed, its bias trains."""
+
+    def __init__(self, in_channels: int):
+        patch = in_channels * WHITEN_KERNEL ** 2
+        super().__init__(in_channels, 2 * patch, WHITEN_KERNEL, padding=0, bias=True)
+        self.weight.requires_grad_(False)
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+def build_fast(config: NetConfig) -> nn.Sequential:
+    """The speed recipe's network: whitening stem, then per block conv -> max-pool -> batch
+    norm -> GELU followed by `convs_per_block - 1` more conv -> batch norm -> GELU, then a
+    global pool (max by default) and a bias-free linear layer scaled by HEAD_SCALE. Pooling
+    inside the block, before the norm, runs the norm and activation on a quarter of the
+    pixels; the global pool lets the same network train on downsampled images."""
+    stem = Whiten(config.in_channels)
+    layers: list[nn.Module] = [stem, nn.GELU()]
+    channels = stem.out_channels
+    for out in config.filters:
+        for i in range(config.convs_per_block):
+            layers.append(nn.Conv2d(channels, out, config.kernel_size, padding="same",
+                                    bias=False))
+            if i == 0:
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+            layers += [nn.BatchNorm2d(out, eps=1e-5, momentum=BN_MOMENTUM_FAST), nn.GELU()]
+            channels = out
+    pool = nn.AdaptiveMaxPool2d(1) if config.head == "max" else nn.AdaptiveAvgPool2d(1)
+    layers += [pool, nn.Flatten()]
+    if config.dropout:
+        layers.append(nn.Dropout(config.dropout))
+    features = channels
+    for width in config.dense:
+        layers += [nn.Linear(features, width), nn.GELU()]
+        features = width
+    layers += [nn.Linear(features, config.num_classes, bias=False), Scale(HEAD_SCALE)]
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def init_whitening(net: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> bool:
+    """Set the whitening stem (if `net` has one) from normalised training images (N x C x H
+    x W): its filters are the eigenvectors of the 2x2 patches' covariance, each scaled by
+    1/sqrt(eigenvalue + eps), and their negatives, so the stem's outputs are decorrelated
+    with unit variance. Returns True when there was a stem to set."""
+    stem = next((m for m in net.modules() if isinstance(m, Whiten)), None)
+    if stem is None:
+        return False
+    k = WHITEN_KERNEL
+    patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N C H' W' k k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
+    patches = patches - patches.mean(0)
+    cov = patches.T @ patches / len(patches)
+    values, vectors = torch.linalg.eigh(cov.double())
+    filters = (vectors / torch.sqrt(values + eps)).T.float()  # one row per filter
+    filters = filters.reshape(-1, images.shape[1], k, k)
+    stem.weight.copy_(torch.cat([filters, -filters]).to(stem.weight))
+    stem.bias.zero_()
+    return True
+
+
 def _keras_init(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -176,6 +269,11 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
 
 def describe(config: NetConfig) -> str:
     """A one-line summary of a network's shape, e.g. for custom variants."""
+    if config.style == "fast":
+        return (f"whitening 2x2 stem, {len(config.filters)} blocks {config.convs_per_block}x"
+                f"conv{config.kernel_size} " + "-".join(str(f) for f in config.filters)
+                + f" (conv-pool-norm-GELU), global {config.head}-pool, linear x{HEAD_SCALE:.3g}"
+                + (f", dropout {config.dropout:g}" if config.dropout else ""))
     convs = f"{config.convs_per_block}x" if config.convs_per_block > 1 else ""
     parts = [f"{len(config.filters)} blocks {convs}conv{config.kernel_size}"
              + (f" (first {config.stem_kernel_size}x{config.stem_kernel_size})"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, models, plots, rundir, trackers
+from . import __version__, distributed, models, plots, rundir, trackers
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError
@@ -29,6 +29,7 @@ from .loader import Batches, split_dataset
 from .train import Diverged, FitResult, Interrupted, fit, prepare_model, resolve_device
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
+WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
 
 
 @dataclass
@@ -51,13 +52,34 @@ def default_out(cfg: RunConfig, root: str | Path = "runs") -> Path:
     return out
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, group=None) -> dict:
     env = {"cifarlab": __version__, "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(),
            "device": str(device), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if group is not None:
+        env["distributed"] = distributed.describe(group)
     return env
+
+
+def _create_out(cfg: RunConfig, out, group) -> Path:
+    """Create the run folder; in a data-parallel run rank 0 creates it and tells the others
+    where it is (or that it could not)."""
+    if group is None:
+        return rundir.create(Path(out) if out else default_out(cfg))
+    if not group.is_main:
+        ok, text = group.broadcast(None)
+        if not ok:
+            raise distributed.Follower(text)
+        return Path(text)
+    try:
+        path = rundir.create(Path(out) if out else default_out(cfg))
+    except CifarlabError as e:
+        group.broadcast((False, str(e)))
+        raise
+    group.broadcast((True, str(path)))
+    return path
 
 
 def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -69,7 +91,8 @@ def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.
 def train_run(cfg: RunConfig | None, out: str | Path | None = None,
               data: Dataset | None = None, verbose: bool = True, on_epoch_end=None,
               labels: dict | None = None, resume: bool = False,
-              track: list[str] | None = None, mlflow_uri: str | None = None) -> RunResult:
+              track: list[str] | None = None, mlflow_uri: str | None = None,
+              sync_bn: bool = False) -> RunResult:
     """Train one network as `cfg` says and write its run folder (default runs/<model>-<time>).
 
     `on_epoch_end(row)` is called after each epoch's history row is saved; `labels` (e.g.
@@ -78,21 +101,40 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
     if it had never stopped; `cfg` may be None (the folder's own settings) and is otherwise
     refused if it differs from them. `track` mirrors the run into trackers ("tensorboard",
     "mlflow"; see trackers.py).
+
+    Started by torchrun with several processes, each process trains its share of every
+    batch (see distributed.py; `sync_bn` synchronises batch norm across GPUs) and rank 0
+    alone writes the run folder; the other ranks return a result without an evaluation.
     """
     trackers.check(track or [])
     state = None
     if resume:
         cfg, state, labels = _resume_point(cfg, out)
     cfg = cfg.validate().with_absolute_data()
-    device = resolve_device(cfg.device)
+    group = distributed.setup(cfg.device, sync_bn) if distributed.launched() else None
+    try:
+        return _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track,
+                      mlflow_uri, group)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, mlflow_uri,
+           group) -> RunResult:
+    main = group is None or group.is_main
+    verbose = verbose and main
+    device = group.device if group is not None else resolve_device(cfg.device)
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     net = build_network(cfg, dataset.num_classes, device)
-    out = Path(out) if resume else rundir.create(Path(out) if out else default_out(cfg))
-    with rundir.lock(out), _graceful_signals() as signalled, contextlib.ExitStack() as stack:
-        if not resume:
-            _write_config(out, cfg, net, dataset, labels, train, val, test)
-        views = trackers.make(track or [], out, mlflow_uri)
+    if group is not None and group.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    out = Path(out) if resume else _create_out(cfg, out, group)
+    with (rundir.lock(out) if main else contextlib.nullcontext()), \
+            _graceful_signals() as signalled, contextlib.ExitStack() as stack:
+        if not resume and main:
+            _write_config(out, cfg, net, dataset, labels, train, val, test, group)
+        views = trackers.make(track or [], out, mlflow_uri) if main else []
         for view in views:
             stack.callback(view.close)
             view.start(cfg.to_dict())
@@ -108,12 +150,14 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
         train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
         val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
         test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
+        if state is None:  # the whitening stem (fast network) is fitted to the training images
+            models.init_whitening(net, train_b.normalise(train_b.x[:WHITEN_IMAGES]))
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
             for view in views:
                 view.epoch(row)
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and main:
                 on_epoch_end(row)
 
         def save_checkpoint(st):
@@ -122,20 +166,30 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
 
         try:
             result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
-                         checkpoint=save_checkpoint, resume=state, stop_requested=signalled)
+                         checkpoint=save_checkpoint if main else None, resume=state,
+                         stop_requested=signalled, group=group)
         except Diverged as e:
-            rundir.write_json(out / "metrics.json", {
-                "format_version": rundir.FORMAT_VERSION, "status": "failed", "error": str(e),
-                "environment": environment(device)})
+            if main:
+                rundir.write_json(out / "metrics.json", {
+                    "format_version": rundir.FORMAT_VERSION, "status": "failed",
+                    "error": str(e), "environment": environment(device, group)})
             raise
         except Interrupted as e:
             done = _last_epoch(out)
             saved = f"epochs 1-{done} are saved" if done else "no epoch had finished yet"
-            print(f"\nInterrupted ({signal.Signals(e.signum).name}); {saved}. Resume with: "
-                  f"cifarlab train --resume {out}", file=sys.stderr, flush=True)
+            if main:
+                print(f"\nInterrupted ({signal.Signals(e.signum).name}); {saved}. Resume "
+                      f"with: cifarlab train --resume {out}", file=sys.stderr, flush=True)
             raise
-        ev = evaluate(net, test_b, dataset.classes)
-        metrics = summarize(cfg, result, ev, device)
+        except RuntimeError as e:
+            if group is None:
+                raise
+            # A collective failed: gloo and NCCL report a dead or silent peer this way.
+            raise distributed.failure(e, out) from None
+        if not main:  # rank 0 alone evaluates and writes the results
+            return RunResult(out, cfg, net, result, None, {})
+        ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta)
+        metrics = summarize(cfg, result, ev, device, group)
         write_outputs(out, net, result.history, ev, metrics)
         (out / rundir.CHECKPOINT).unlink(missing_ok=True)  # the finished run no longer needs it
         for view in views:
@@ -175,7 +229,7 @@ def _resume_point(cfg: RunConfig | None, out) -> tuple[RunConfig, dict | None, d
     return saved, state, info["config"].get("labels") or {}
 
 
-def _write_config(out, cfg, net, dataset, labels, train, val, test) -> None:
+def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None) -> None:
     net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
     trainable, stats = models.count_parameters(net)
     rundir.write_json(out / "config.json", {
@@ -184,6 +238,7 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test) -> None:
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
         "labels": labels or {},
+        "distributed": distributed.describe(group) if group is not None else None,
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
@@ -211,7 +266,7 @@ def _graceful_signals():
             signal.signal(s, h)
 
 
-def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict:
+def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=None) -> dict:
     tracker = result.tracker
     best = tracker.best_epoch or result.weights_epoch
     best_row = result.history[best - 1]
@@ -230,7 +285,9 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict
         "final_val_accuracy": last["val_accuracy"],
         "overfit_gap": best_row["accuracy"] - best_row["val_accuracy"],
         "epochs_run": len(result.history),
-        "planned_epochs": cfg.epochs,
+        "planned_epochs": result.planned_epochs,
+        "planned_steps": result.planned_steps,
+        "tta": cfg.tta,
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",
@@ -239,7 +296,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device) -> dict
         "per_class": {name: {"precision": r["precision"], "recall": r["recall"],
                              "f1": r["f1-score"], "support": int(r["support"])}
                       for name, r in ev.report_dict().items() if name in ev.classes},
-        "environment": environment(device),
+        "environment": environment(device, group),
     }
 
 
@@ -305,7 +362,7 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
                             f"run's ({', '.join(info['config']['classes'])}); pass the --data "
                             "the run was trained on")
     test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
-    ev = evaluate(net, test_b, dataset.classes)
+    ev = evaluate(net, test_b, dataset.classes, tta=settings.tta)
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")

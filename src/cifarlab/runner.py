@@ -73,11 +73,19 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
                     "another --out for the changed study")
 
 
-def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True) -> list[Task]:
-    """Train every unfinished run of `study` under `out`; return the tasks that failed."""
+def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True,
+              ray=None) -> list[Task]:
+    """Train every unfinished run of `study` under `out`; return the tasks that failed.
+
+    With `ray` (ray_runner.RayOptions) the runs are Ray tasks on a Ray cluster instead of
+    `jobs` local processes; the study folder is the same either way."""
     out = Path(out)
     if jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
+    if ray is not None:
+        from .ray_runner import import_ray
+        ray.check()
+        import_ray()  # before anything is written
     tasks = plan(study, out)
     for t in tasks:
         t.cfg.validate()
@@ -88,10 +96,11 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
         raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
                             "writable --out") from None
     with rundir.lock(out):  # a second study process on this folder is refused
-        return _run_locked(study, out, jobs, verbose, tasks)
+        return _run_locked(study, out, jobs, verbose, tasks, ray)
 
 
-def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task]) -> list[Task]:
+def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task],
+                ray=None) -> list[Task]:
     rundir.write_json(out / "study.json", study.to_dict())
     todo = [t for t in tasks if not rundir.is_finished(t.path)]
     for t in todo:
@@ -105,6 +114,9 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     failed: list[Task] = []
     if not todo:
         return failed
+    if ray is not None:
+        from . import ray_runner
+        return ray_runner.run(study, todo, progress, ray, _labels)
     # Decode the data once here so every job reads it from the cache in a fraction of a second.
     from .data import load_cifar10
     for source in {t.cfg.data for t in todo}:
@@ -285,6 +297,10 @@ class StudyProgress:
             self.bar = tqdm(total=self.planned, unit="epoch", file=sys.stdout,
                             dynamic_ncols=True)
             self._describe()
+
+    def note(self, line: str) -> None:
+        if self.enabled:
+            self._print(line)
 
     def waiting(self) -> int:
         return self.total - self.done - len(self.running)

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, check_settings, load_toml
+from .config import RunConfig, check_settings, load_toml, with_recipe
 from .errors import CifarlabError
 
 STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant"}
@@ -87,7 +87,7 @@ class Study:
     def config(self, variant: Variant, seed: int) -> RunConfig:
         """The resolved settings of one run, with the scale knobs applied."""
         values = {**self.defaults, **variant.settings, "seed": seed}
-        cfg = RunConfig(**values)
+        cfg = RunConfig(**with_recipe(values))
         epochs = max(1, round(cfg.epochs * self.scale.epochs_scale))
         if self.scale.max_epochs is not None:
             epochs = min(epochs, self.scale.max_epochs)

@@ -9,6 +9,8 @@ exactly from its start.
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import math
 import random
 import sys
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from .augment import parse as parse_augment
-from .config import RunConfig
+from .config import RunConfig, parse_budget
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
 from .loader import Batches
@@ -70,19 +72,68 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if cfg.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: linear_shape(step,
+                                                                                total_steps))
     return None
 
 
+WARMUP = 0.2  # the linear schedule's warm-up share of the steps
+
+
+def linear_shape(step: int, total: int) -> float:
+    """The linear schedule's factor at `step`: up from 0.2 to 1 over the first 20% of the
+    steps, then straight down to 0 at the last."""
+    t = step / max(1, total)
+    if t < WARMUP:
+        return 0.2 + 0.8 * t / WARMUP
+    return max(0.0, (1 - t) / (1 - WARMUP))
+
+
 @torch.inference_mode()
-def predict_logits(net: nn.Module, batches: Batches) -> torch.Tensor:
-    """Float32 logits for every image of `batches`, in order, in eval mode."""
+def predict_logits(net: nn.Module, batches: Batches, tta: int = 0) -> torch.Tensor:
+    """Float32 logits for every image of `batches`, in order, in eval mode; with `tta`
+    averaged over test-time augmented views (see tta_logits)."""
     was_training = net.training
     net.eval()
     device = batches.y.device
     with autocast(device):
-        out = torch.cat([net(x).float() for x, _ in batches])
+        out = torch.cat([tta_logits(net, x, tta).float() for x, _ in batches])
     net.train(was_training)
     return out
+
+
+def tta_logits(net: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    """Logits of a normalised NCHW batch. Level 1 averages each image with its mirror
+    image; level 2 gives that pair half the weight and the other half to the pair shifted
+    by one pixel up-left and down-right (reflecting at the border)."""
+    if level == 0:
+        return net(x)
+    pair = (net(x) + net(x.flip(3))) / 2
+    if level == 1:
+        return pair
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
+    moved = sum(net(v) + net(v.flip(3)) for v in shifted) / 4
+    return (pair + moved) / 2
+
+
+def downsample(x: torch.Tensor) -> torch.Tensor:
+    """Half-resolution images (2x2 means) for the progressive phase of training."""
+    return nn.functional.avg_pool2d(x, 2)
+
+
+def validate(net: nn.Module, val: Batches, group=None) -> tuple[float, float]:
+    """Validation loss and accuracy; in a data-parallel run each process scores its share
+    of the images and the sums are added up, so every process gets the same numbers."""
+    if group is None:
+        return loss_and_accuracy(predict_logits(net, val), val.y)
+    part = val.subset(group.shard(val.num_images))
+    logits = predict_logits(net, part)
+    loss = nn.functional.cross_entropy(logits, part.y, reduction="sum")
+    correct = (logits.argmax(1) == part.y).sum()
+    loss, correct = group.all_sum(loss, correct)
+    return loss.item() / val.num_images, correct.item() / val.num_images
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -97,7 +148,9 @@ class FitResult:
     stopped_early: bool = False
     weights_epoch: int = 0  # the epoch whose weights the network holds after fit
     restored: bool = False  # True when those are the best epoch's, put back by early stopping
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # the epochs, validation included, and any budget planning
+    planned_steps: int = 0
+    planned_epochs: int = 0
 
 
 def make_tracker(cfg: RunConfig) -> EarlyStopping:
@@ -131,7 +184,7 @@ def set_rng_state(state: dict) -> None:
 def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         on_epoch_end: Callable[[dict], None] | None = None, verbose: bool = True,
         checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-        stop_requested: Callable[[], int] | None = None) -> FitResult:
+        stop_requested: Callable[[], int] | None = None, group=None) -> FitResult:
     """Train `net` (already on the batches' device) for cfg.epochs or until early stopping.
 
     With early stopping the best epoch's weights are restored at the end, however training
@@ -142,16 +195,39 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     state back as `resume` continues from that epoch with the same result as a run that was
     never interrupted. `stop_requested()` is polled between steps; a non-zero answer (a
     signal number) abandons the epoch in progress and raises `Interrupted`.
+
+    With `group` (a distributed.Group) this process trains on its slice of every global
+    batch through DistributedDataParallel, and every decision that ends an epoch or the
+    run (a stop request, divergence, early stopping) is taken jointly, so no process is
+    left waiting for the others.
     """
     device = train.y.device
     net.train()
+    model = net
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                        else None)
     opt = make_optimizer(net, cfg)
-    steps = len(train)
-    schedule = make_schedule(opt, cfg, cfg.epochs * steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps = len(train) if group is None else train.num_images // train.batch_size + \
+        (train.num_images % train.batch_size >= group.world_size)
+    world = group.world_size if group is not None else 1
+    planned, planning_s = cfg.epochs * steps, 0.0
+    if resume is not None:
+        planned = resume.get("planned_steps", planned)
+    elif cfg.budget:
+        planned, planning_s = plan_steps(net, train, val.num_images, cfg, steps)
+        if group is not None:
+            planned = group.broadcast(planned)
+    epochs = -(-planned // steps)
+    schedule = make_schedule(opt, cfg, planned)
+    # Summed, then divided by the global batch size: the gradient DDP averages over the
+    # processes is then exactly the one-process gradient, whatever the slices' sizes.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
     tracker = make_tracker(cfg)
     augmentation = parse_augment(cfg.augment)
-    result = FitResult(tracker=tracker)
+    result = FitResult(tracker=tracker, planned_steps=planned, planned_epochs=epochs,
+                       train_time_s=planning_s)
     first, stop = 1, False
     if resume is not None:
         net.load_state_dict(resume["model"])
@@ -164,52 +240,75 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         result.train_time_s = resume["train_time_s"]
         first, stop = resume["epoch"] + 1, resume["stopped"]
         result.stopped_early = stop
-    progress = Progress(cfg.epochs, steps, enabled=verbose)
-    for epoch in range(first, cfg.epochs + 1):
+    progress = Progress(epochs, steps, enabled=verbose)
+    if verbose and cfg.budget and resume is None:
+        print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
+              f"measured in {planning_s:.1f} s", flush=True)
+    done_steps = (first - 1) * steps
+    half_res = cfg.progressive * planned  # steps before this one train on 16x16 images
+    for epoch in range(first, epochs + 1):
         if stop:
             break
         start = time.perf_counter()
         seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)  # dropout draws
+        torch.manual_seed(seed + (group.rank if group is not None else 0))  # dropout draws
         lr = opt.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0  # images of the epoch, over all processes
         progress.start(epoch)
         batches = train.shuffled(torch.Generator().manual_seed(seed), augmentation, cfg.seed,
-                                 epoch)
+                                 epoch, group=group)
         for step, (x, y) in enumerate(batches, 1):
+            if done_steps >= planned:
+                break
+            if done_steps < half_res:
+                x = downsample(x)
+            done_steps += 1
+            global_n = min(train.batch_size, train.num_images - (step - 1) * train.batch_size)
+            seen += global_n
             with autocast(device):
-                logits = net(x)
-                loss = loss_fn(logits.float(), y)
+                logits = model(x)
+                loss_total = loss_fn(logits.float(), y)
+                loss = loss_total * (world / global_n)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if schedule is not None:
                 schedule.step()
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss_total.detach()
             correct += (logits.argmax(1) == y).sum()
             # On CPU reading the loss costs nothing; on a GPU it would stall the pipeline,
             # so there it is checked once an epoch, below.
-            if device.type == "cpu" and not math.isfinite(loss.item()):
+            bad = device.type == "cpu" and not math.isfinite(loss.item())
+            asked = stop_requested() if stop_requested is not None else 0
+            if group is not None and (device.type == "cpu" or step % 50 == 0):
+                asked, bad = group.any(asked), group.any(int(bad))
+            if bad:
                 raise diverged(epoch, step, cfg)
-            progress.step(step, loss_sum, correct, train.batch_size)
-            if stop_requested is not None and stop_requested():
+            progress.step(step, loss_sum, correct, train.batch_size // world)
+            if asked:
                 progress.close()
-                raise Interrupted(stop_requested())
-        train_loss = loss_sum.item() / train.num_images
+                raise Interrupted(asked)
+        if group is not None:
+            loss_sum, correct = group.all_sum(loss_sum, correct)
+        train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise diverged(epoch, steps, cfg)
-        val_loss, val_acc = loss_and_accuracy(predict_logits(net, val), val.y)
-        row = {"epoch": epoch, "loss": train_loss, "accuracy": correct.item() / train.num_images,
+        val_loss, val_acc = validate(net, val, group)
+        row = {"epoch": epoch, "loss": train_loss, "accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - start}
         result.history.append(row)
         result.train_time_s += row["epoch_time_s"]
         stop = tracker.update(epoch, row, net)
+        if group is not None:  # rank 0 decides, so the processes cannot disagree
+            stop = group.broadcast(stop)
         result.stopped_early = stop
-        progress.end(row, cfg.epochs)
+        progress.end(row, epochs)
         if checkpoint is not None:
-            checkpoint({"epoch": epoch, "stopped": stop, "model": net.state_dict(),
+            checkpoint({"epoch": epoch, "stopped": stop, "planned_steps": planned,
+                        "model": net.state_dict(),
                         "optimizer": opt.state_dict(),
                         "schedule": schedule.state_dict() if schedule is not None else None,
                         "tracker": tracker.state_dict(), "rng": rng_state(),
@@ -227,6 +326,64 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             print(f"Restored the weights of epoch {tracker.best_epoch} "
                   f"({tracker.monitor} {tracker.best:.4f}).", flush=True)
     return result
+
+
+def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
+               steps_per_epoch: int) -> tuple[int, float]:
+    """How many training steps fit in cfg.budget, measured on a throw-away copy of the
+    network (the run itself is untouched, so a planned run is as repeatable as one given in
+    epochs). Returns (steps, seconds the measuring took); those seconds count against the
+    budget, and so does each epoch's validation, estimated at a third of a training step
+    per image."""
+    budget = parse_budget(cfg.budget)
+    started = time.perf_counter()
+    probe = copy.deepcopy(net).train()
+    opt = make_optimizer(probe, cfg)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    device = train.y.device
+    stream = _endless(train, cfg)
+
+    def seconds_per_step(n: int, half: bool) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, y = next(stream)
+            with autocast(device):
+                loss = loss_fn(probe(downsample(x) if half else x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / n
+
+    seconds_per_step(1, False)  # warm-up: allocations, kernel choices
+    full = seconds_per_step(3, False)
+    half = full
+    if cfg.progressive:
+        seconds_per_step(1, True)
+        half = seconds_per_step(3, True)
+    spent = time.perf_counter() - started
+    steps = steps_in_budget(budget - spent, full, half, cfg.progressive,
+                            val_images / train.batch_size * full / 3 / steps_per_epoch)
+    if steps < 1:
+        raise CifarlabError(f"the budget {cfg.budget} does not fit one training step on this "
+                            f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
+                            "a longer --budget")
+    return steps, spent
+
+
+def steps_in_budget(seconds: float, full: float, half: float, progressive: float,
+                    validation: float) -> int:
+    """Steps that fit in `seconds` when a step takes `full` seconds (`half` on half-size
+    images, the first `progressive` share of the steps) plus `validation` seconds of
+    validation per step."""
+    per_step = progressive * half + (1 - progressive) * full + validation
+    return max(0, int(seconds / per_step))
+
+
+def _endless(train: Batches, cfg: RunConfig):
+    for n in itertools.count():
+        yield from train.shuffled(torch.Generator().manual_seed(n), None, cfg.seed, 1)
 
 
 class Diverged(CifarlabError):

@@ -1,0 +1,180 @@
+"""Data-parallel training of one run on several processes, the torchrun way.
+
+`torchrun --nproc_per_node N -m cifarlab train ...` (or `cifarlab train --nproc N`, which
+launches exactly that) starts N copies of the command. Each reads RANK / WORLD_SIZE /
+LOCAL_RANK from its environment and joins one process group (gloo on CPU, NCCL on CUDA).
+Every rank draws the same global batch from the same (seed, epoch) shuffle and augmentation
+and trains on its own slice of it; DistributedDataParallel averages the gradients, so N
+processes follow the same learning dynamics as one process with the same global batch.
+Validation is split over the ranks and its sums all-reduced; rank 0 alone decides early
+stopping and writes the run folder, and its decision is broadcast so no rank waits forever
+for the others.
+
+Collectives time out (CIFARLAB_DDP_TIMEOUT seconds, default 300): a rank that dies or hangs
+makes the others fail with a clear message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import CifarlabError
+
+
+SYNC_BN_CPU = ("--sync-bn needs CUDA GPUs (PyTorch synchronises batch norm on GPUs only); drop "
+               "--sync-bn on CPU, where each process normalises its own slice of the batch")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in a data-parallel run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    device: torch.device
+    sync_bn: bool = False
+    owned: bool = True  # this module created the process group (and so tears it down)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous slice of a global batch of `n` images (sizes differ by at
+        most one)."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def all_sum(self, *values: torch.Tensor) -> list[torch.Tensor]:
+        """Element-wise sums over the ranks (one collective for all the values)."""
+        flat = torch.stack([v.detach().to(self.device, torch.float64).reshape(())
+                            for v in values])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return list(flat.unbind())
+
+    def any(self, flag: int) -> int:
+        """The largest of every rank's `flag` (e.g. a signal number, 0 for none)."""
+        t = torch.tensor([flag], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def broadcast(self, obj):
+        """Rank 0's `obj`, on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def launched() -> bool:
+    """True inside a torchrun worker of a job with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def timeout_s() -> float:
+    text = os.environ.get("CIFARLAB_DDP_TIMEOUT", "300")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise CifarlabError(f"CIFARLAB_DDP_TIMEOUT must be a positive number of seconds, "
+                            f"got {text!r}")
+    return value
+
+
+def setup(device_name: str = "auto", sync_bn: bool = False) -> Group:
+    """Join the process group torchrun described in the environment.
+
+    On CUDA each process takes the GPU of its local rank; on CPU the machine's cores are
+    shared out so that the processes do not oversubscribe them (torchrun's own default is
+    one thread each)."""
+    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise CifarlabError(f"WORLD_SIZE is set but {key} is not; start data-parallel runs "
+                                "with torchrun or cifarlab train --nproc N")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if sync_bn and not use_cuda:
+        raise CifarlabError(SYNC_BN_CPU)
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise CifarlabError(f"process {local_rank} on this node has no GPU of its own "
+                                f"({torch.cuda.device_count()} visible); start at most one "
+                                "process per GPU")
+        torch.cuda.set_device(local_rank)
+    else:
+        threads = int(os.environ.get("CIFARLAB_THREADS", 0)) or \
+            max(1, (os.cpu_count() or 1) // local_world)
+        torch.set_num_threads(threads)
+    backend = "nccl" if use_cuda else "gloo"
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return Group(rank, world, local_rank, backend, device, sync_bn, owned)
+
+
+def describe(group: Group) -> dict:
+    """What config.json and metrics.json record about the process group."""
+    return {"world_size": group.world_size, "backend": group.backend, "sync_bn": group.sync_bn,
+            "threads_per_process": torch.get_num_threads() if group.backend == "gloo" else None}
+
+
+def teardown(group: Group | None) -> None:
+    if group is not None and group.owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Follower(CifarlabError):
+    """An error rank 0 met and already reported; the other ranks stop with it quietly."""
+
+    quiet = True
+
+
+def failure(error: BaseException, out) -> CifarlabError:
+    """The message for a collective that failed because another rank died or hung."""
+    e = CifarlabError(
+        f"another training process failed or stopped answering ({str(error).splitlines()[0]}); "
+        f"the run's finished epochs are saved in {out}, so resume it with the same command "
+        f"and --resume {out}")
+    e.every_rank = True  # each surviving process says so: it may be the only one left
+    return e
+
+
+def should_report(error: CifarlabError) -> bool:
+    """Errors every process meets alike (bad settings, missing data) are printed once, by
+    rank 0; a failure of the group itself by every process that sees it."""
+    if getattr(error, "quiet", False):
+        return False
+    return int(os.environ.get("RANK", "0")) == 0 or getattr(error, "every_rank", False)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `cifarlab <argv>` as `nproc` data-parallel processes on this machine via torchrun;
+    returns its exit code."""
+    if nproc < 1:
+        raise CifarlabError(f"--nproc must be at least 1, got {nproc}")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "cifarlab", *argv]
+    try:
+        code = subprocess.run(cmd, env=env).returncode
+    except KeyboardInterrupt:  # torchrun forwards the signal to its workers and exits
+        return 130
+    if code != 0:
+        print(f"cifarlab: error: the data-parallel job failed (torchrun exited with code {code}); "
+              "the first failing process's error is printed above", file=sys.stderr)
+    return code

@@ -1,0 +1,150 @@
+"""Run a study's runs as tasks on a Ray cluster: `cifarlab study FILE --executor ray`.
+
+Each variant x seed is one Ray task, keyed by its run folder, that trains an ordinary run
+with train_run, so the study folder looks exactly as the local executor leaves it. The
+driver decodes each dataset once and puts it in Ray's object store; tasks read it from
+there. A task asks for `cpus` CPUs (and `gpus` GPUs when the cluster has them; a fraction
+packs several runs on one GPU) and sets torch's thread count to its CPUs. A task whose
+worker dies is retried (`retries` times); it continues from the run's last complete epoch,
+because every epoch is checkpointed in the run folder. Finished runs are recognised by
+their own metrics.json, never by Ray's state, so a restarted driver skips them.
+
+The run folders must be on storage every node can reach (a shared file system), as must
+cifarlab itself (the same version installed on every node).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import rundir
+from .config import RunConfig
+from .errors import CifarlabError
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: start a Ray instance on this machine
+    cpus: float = 1.0  # per task; torch gets that many threads
+    gpus: float | None = None  # per task; None: 1 when the cluster has GPUs, else 0
+    retries: int = 2  # extra attempts for a task whose worker died
+
+    def check(self) -> "RayOptions":
+        if self.cpus <= 0:
+            raise CifarlabError(f"--cpus-per-task must be positive, got {self.cpus:g}")
+        if self.gpus is not None and self.gpus < 0:
+            raise CifarlabError(f"--gpus-per-task must be 0 or more, got {self.gpus:g}")
+        if self.retries < 0:
+            raise CifarlabError(f"--retries must be 0 or more, got {self.retries}")
+        return self
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise CifarlabError("--executor ray needs Ray, which is not installed; install it "
+                            "with: pip install 'cifarlab[ray]'") from None
+    return ray
+
+
+def connect(options: RayOptions):
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=options.address, include_dashboard=False,
+                     log_to_driver=True, configure_logging=False)
+        except ConnectionError as e:
+            raise CifarlabError(f"cannot reach the Ray cluster at {options.address} ({e}); "
+                                "check --address (host:port of the head node)") from None
+    return ray
+
+
+def _train_task(key: str, cfg_dict: dict, path: str, labels: dict, data, threads: int,
+                queue) -> dict:
+    """One run, in a Ray worker. Continues the run if an earlier attempt was killed."""
+    import torch
+
+    from .run import train_run
+    from .runner import resumable
+    torch.set_num_threads(threads)
+    run = Path(path)
+    if rundir.is_finished(run):  # an attempt finished it just before its worker died
+        return rundir.load_run(run)["metrics"]
+    resume = resumable(run)
+    if run.exists() and not resume:  # died before its first epoch, or failed
+        shutil.rmtree(run)
+    cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    queue.put(("start", key, f"{socket.gethostname()}, {torch.get_num_threads()} threads, "
+               f"pid {os.getpid()}" + (", resuming" if resume else "")))
+    result = train_run(cfg, run, data=data, verbose=False, labels=labels, resume=resume,
+                       on_epoch_end=lambda row: queue.put(("epoch", key, row["epoch"],
+                                                           cfg.epochs)))
+    return result.metrics
+
+
+def run(study, todo, progress, options: RayOptions, labels) -> list:
+    """Train the runs `todo` (runner.Task) on Ray; return those that failed."""
+    from .data import load_cifar10
+    ray = connect(options.check())
+    from ray.util.queue import Queue
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    gpus = options.gpus if options.gpus is not None else (1.0 if has_gpus else 0.0)
+    threads = max(1, int(options.cpus))
+    queue = Queue()
+    datasets = {source: ray.put(load_cifar10(source, progress=False))
+                for source in {t.cfg.data for t in todo}}
+    remote = ray.remote(_train_task)
+    refs = {}
+    for t in todo:
+        task_gpus = gpus if t.cfg.device != "cpu" else 0.0
+        ref = remote.options(num_cpus=options.cpus, num_gpus=task_gpus,
+                             max_retries=options.retries, retry_exceptions=False,
+                             name=f"cifarlab {t.key}").remote(
+            # Absolute paths: a Ray worker runs in a folder of its own.
+            t.key, t.cfg.with_absolute_data().to_dict(), str(t.path.resolve()),
+            labels(study, t), datasets[t.cfg.data],
+            threads, queue)
+        refs[ref] = t
+    progress.note(f"Submitted {len(refs)} runs to Ray ({options.cpus:g} CPU"
+                  f"{'s' if options.cpus != 1 else ''} and {gpus:g} GPU per run; the cluster "
+                  f"has {ray.cluster_resources().get('CPU', 0):g} CPUs and "
+                  f"{ray.cluster_resources().get('GPU', 0):g} GPUs).")
+    failed = []
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            _drain(queue, progress)
+            for ref in done:
+                t = refs[ref]
+                try:
+                    progress.finish(t.key, ray.get(ref))
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.cause if isinstance(e.cause, CifarlabError) else e
+                    failed.append(t)
+                    progress.fail(t.key, str(cause).strip().splitlines()[-1])
+                except ray.exceptions.RayError as e:  # worker died more often than retried
+                    failed.append(t)
+                    progress.fail(t.key, f"its Ray worker died {options.retries + 1} times "
+                                  f"({type(e).__name__}); finished epochs are kept")
+        _drain(queue, progress)
+    except KeyboardInterrupt:
+        for ref in pending:  # each run stops between two steps and keeps its epochs
+            ray.cancel(ref)
+        raise
+    return failed
+
+
+def _drain(queue, progress) -> None:
+    while not queue.empty():
+        message = queue.get_nowait()
+        if message[0] == "start":
+            progress.start(message[1])
+            progress.note(f"started {message[1]} on {message[2]}")
+        else:
+            progress.epoch(*message[1:])

@@ -1,0 +1,174 @@
+"""Data-parallel training: 2 gloo processes on this machine, started the torchrun way."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import Tiny
+from safetensors.torch import load_file
+
+from cifarlab import RunConfig, train_run
+from cifarlab.cli import main
+from cifarlab.distributed import Group
+from cifarlab.loader import Batches, Split
+
+# Four steps of 16 on one CPU thread each: few enough that float rounding cannot grow.
+SETTINGS = dict(model="simple", blocks=2, filters=(8, 16), dense=(32,), dropout=0.0, epochs=1,
+                batch_size=16, val_split=40, fraction=0.16, device="cpu", seed=5,
+                augment="flip,translate:2,cutout:4")
+
+
+def flags(data, **changes):
+    values = {**SETTINGS, **changes, "data": str(data)}
+    out = []
+    for k, v in values.items():
+        out += ["--" + k.replace("_", "-"), ",".join(map(str, v)) if isinstance(v, tuple)
+                else str(v)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return Tiny(per_class_train=40, per_class_test=10).write_python(tmp_path_factory.mktemp("d"))
+
+
+def cifarlab(args, cwd, env=None, timeout=240, entry=("-m", "cifarlab")):
+    return subprocess.run([sys.executable, *entry, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def fake_group(rank, world):
+    return Group(rank, world, rank, "gloo", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("n,world", [(16, 2), (15, 2), (7, 3), (3, 3)])
+def test_shards_of_a_global_batch_cover_it_once_in_order(n, world):
+    parts = [fake_group(r, world).shard(n) for r in range(world)]
+    assert [i for p in parts for i in range(n)[p]] == list(range(n))
+    sizes = [p.stop - p.start for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_each_process_gets_its_slice_of_the_same_augmented_batches():
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (37, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 37),
+                  "train")
+    batches = Batches(split, 8, torch.device("cpu"))
+    kinds = {"flip": 0, "translate": 2, "cutout": 3}
+
+    def epoch(group):
+        return list(batches.shuffled(torch.Generator().manual_seed(4), kinds, 1, 2, group=group))
+
+    whole = epoch(None)
+    ranks = [epoch(fake_group(r, 3)) for r in range(3)]
+    # The last global batch holds 5 images: enough for 3 processes, so none is dropped.
+    assert all(len(r) == len(whole) == 5 for r in ranks)
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([r[step][0] for r in ranks]), x)
+        assert torch.equal(torch.cat([r[step][1] for r in ranks]), y)
+    # A final global batch smaller than the number of processes is dropped by all of them.
+    assert all(len(list(batches.shuffled(torch.Generator().manual_seed(4), kinds, 1, 2,
+                                         group=fake_group(r, 6)))) == 4 for r in range(6))
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_path):
+    single = tmp_path / "single"
+    torch.set_num_threads(1)
+    try:
+        train_run(RunConfig(**SETTINGS, data=str(data_dir)), single, verbose=False)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = cifarlab(["train", "--nproc", "2", *flags(data_dir)], cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((work / "runs").iterdir())
+    assert len(runs) == 1 and list(work.iterdir()) == [work / "runs"]  # rank 0 alone writes
+    a, b = load_file(single / "model.safetensors"), load_file(runs[0] / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+    config = json.loads((runs[0] / "config.json").read_text())
+    assert config["distributed"] == {"world_size": 2, "backend": "gloo", "sync_bn": False,
+                                     "threads_per_process": 1}
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    one = json.loads((single / "metrics.json").read_text())
+    assert metrics["environment"]["distributed"]["world_size"] == 2
+    assert abs(metrics["test_accuracy"] - one["test_accuracy"]) <= 0.05
+    # The epoch's metrics are reduced over both processes: every training image counted once.
+    h1 = (single / "history.csv").read_text().splitlines()[1].split(",")
+    h2 = (runs[0] / "history.csv").read_text().splitlines()[1].split(",")
+    assert np.allclose([float(v) for v in h1[1:5]], [float(v) for v in h2[1:5]], atol=1e-4)
+    assert done.stdout.count("Epoch 1/1") == 1  # one progress display, rank 0's
+
+
+def test_the_weights_move_so_the_comparison_above_can_fail(data_dir, tmp_path):
+    a = train_run(RunConfig(**SETTINGS, data=str(data_dir)), tmp_path / "a", verbose=False)
+    b = train_run(RunConfig(**{**SETTINGS, "seed": 6}, data=str(data_dir)), tmp_path / "b",
+                  verbose=False)
+    wa, wb = load_file(a.path / "model.safetensors"), load_file(b.path / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) > 1e-2
+
+
+FAULT = """
+import os, signal, sys, time
+from cifarlab import loader, cli
+if os.environ["RANK"] == "1":
+    original = loader.Batches.shuffled
+    def faulty(self, *a, **k):
+        for i, batch in enumerate(original(self, *a, **k)):
+            if i == 2:
+                if sys.argv[1] == "crash":
+                    os._exit(7)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(600)  # stuck, as in a deadlock
+            yield batch
+    loader.Batches.shuffled = faulty
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("fault,words", [("crash", "another training process failed"),
+                                         ("hang", "Timed out")])
+def test_a_dead_or_stuck_process_fails_the_whole_job_instead_of_hanging(
+        data_dir, tmp_path, fault, words):
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULT)
+    started = time.perf_counter()
+    done = cifarlab([str(script), fault, "train", *flags(data_dir, epochs=3, fraction=1.0),
+                     "--out", str(tmp_path / "run")], cwd=tmp_path,
+                    env={"CIFARLAB_DDP_TIMEOUT": "5"}, timeout=120,
+                    entry=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert done.returncode != 0
+    assert time.perf_counter() - started < 90
+    assert words in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_sync_bn_on_cpu_is_refused_in_one_sentence(data_dir, tmp_path, capsys):
+    code = main(["train", "--nproc", "2", "--sync-bn", *flags(data_dir), "--out",
+                 str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--sync-bn needs CUDA" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_torchrun_timeout_that_is_not_a_number_is_refused(data_dir, tmp_path):
+    done = cifarlab(["train", *flags(data_dir), "--out", str(tmp_path / "r")], cwd=tmp_path,
+                    env={"CIFARLAB_DDP_TIMEOUT": "soon"}, timeout=120,
+                    entry=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "cifarlab"))
+    assert done.returncode != 0
+    assert done.stderr.count("CIFARLAB_DDP_TIMEOUT must be a positive number") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_single_process_run_has_no_distributed_record(data_dir, tmp_path):
+    result = train_run(RunConfig(**SETTINGS, data=str(data_dir)), tmp_path / "r", verbose=False)
+    assert json.loads((result.path / "config.json").read_text())["distributed"] is None
+    assert "distributed" not in result.metrics["environment"]

@@ -1,0 +1,179 @@
+"""The speed recipe: whitening stem, linear schedule, time budget, progressive resizing, TTA."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import Tiny
+from torch import nn
+
+from cifarlab import RunConfig, load_cifar10, models, train_run
+from cifarlab.cli import main
+from cifarlab.config import with_recipe
+from cifarlab.errors import CifarlabError
+from cifarlab.train import linear_shape, steps_in_budget, tta_logits
+
+TINY_FAST = dict(recipe="fast", filters=(8, 16, 16), val_split=60, device="cpu", batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("d")
+    return load_cifar10(Tiny(per_class_train=40, per_class_test=10).write_binary(root),
+                        cache=False)
+
+
+def smooth_images(n=64, seed=0):
+    """Images whose neighbouring pixels and channels are strongly correlated, like photos."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 1, 8, 8, generator=g)
+    x = nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
+    return torch.cat([x, 0.8 * x + 0.2 * torch.randn(n, 1, 32, 32, generator=g),
+                      0.5 * x + 0.5 * torch.randn(n, 1, 32, 32, generator=g)], 1)
+
+
+def test_whitening_stem_decorrelates_the_patches_of_the_images_it_was_fitted_to():
+    net = models.build(models.preset("fast"))
+    images = smooth_images()
+    assert models.init_whitening(net, images)
+    stem = net[0]
+    assert not stem.weight.requires_grad and stem.bias.requires_grad
+    out = stem(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(out.T)
+    # Unit variance, no correlation (up to the eps that keeps flat directions finite).
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=0.02)
+    assert torch.diagonal(cov).min() > 0.5 and torch.diagonal(cov).max() < 1.01
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])  # each filter and its negative
+    # Before fitting, the raw patches were far from white.
+    raw = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    raw_cov = torch.cov(raw.T)
+    assert (raw_cov - torch.diag(torch.diagonal(raw_cov))).abs().max() > 0.3
+    assert not models.init_whitening(models.build(models.preset("simple")), images)
+
+
+def test_fast_network_shapes_and_parameters():
+    cfg = models.preset("fast")
+    net = models.build(cfg)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 10)  # progressive resizing's input
+    kinds = [type(m).__name__ for m in net]
+    assert kinds[:6] == ["Whiten", "GELU", "Conv2d", "MaxPool2d", "BatchNorm2d", "GELU"]
+    assert kinds[-4:] == ["AdaptiveMaxPool2d", "Flatten", "Linear", "Scale"]
+    assert "fast" in models.PRESETS
+    trainable, stats = models.count_parameters(net)
+    convs = 24 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + 128 * 128 * 9 + 128 * 256 * 9 + \
+        256 * 256 * 9
+    assert trainable == 24 + convs + 2 * 2 * (64 + 128 + 256) + 256 * 10
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    total = 100
+    shape = [linear_shape(s, total) for s in range(total + 1)]
+    assert shape[0] == pytest.approx(0.2) and shape[20] == pytest.approx(1.0)
+    assert shape[-1] == 0 and shape[60] == pytest.approx(0.5)
+    assert all(a <= b for a, b in zip(shape[:20], shape[1:21]))
+    assert all(a >= b for a, b in zip(shape[20:], shape[21:]))
+
+
+def test_steps_in_budget_counts_half_size_steps_and_validation():
+    assert steps_in_budget(100, 1.0, 1.0, 0.0, 0.0) == 100
+    assert steps_in_budget(100, 1.0, 0.25, 0.5, 0.0) == 160  # 0.625 s per step on average
+    assert steps_in_budget(100, 1.0, 1.0, 0.0, 0.25) == 80
+    assert steps_in_budget(0.5, 1.0, 1.0, 0.0, 0.0) == 0
+
+
+def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(dataset, tmp_path):
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "12s", "tta": 0}))
+    result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
+    m = result.metrics
+    steps_per_epoch = math.ceil(340 / 32)
+    assert m["planned_steps"] > 3 * steps_per_epoch  # a tiny net takes many steps in 12 s
+    assert m["epochs_run"] == m["planned_epochs"] == math.ceil(m["planned_steps"] /
+                                                               steps_per_epoch)
+    assert 6 < m["train_time_s"] < 12 * 1.5
+    # The schedule spans the planned steps: the last epoch starts low on the decay.
+    lrs = [row["lr"] for row in result.fit.history]
+    assert max(lrs) <= cfg.lr and lrs[-1] < 0.5 * cfg.lr
+
+
+def test_progressive_resizing_trains_the_first_share_of_steps_on_half_size_images(
+        dataset, tmp_path):
+    sizes = []
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 2, "progressive": 0.5, "tta": 0}))
+    original = models.build_fast
+
+    def recording(config):
+        net = original(config)
+        net.register_forward_pre_hook(lambda m, args: sizes.append(
+            (m.training, args[0].shape[-1])) if m.training else None)
+        return net
+
+    models.build_fast = recording
+    try:
+        train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
+    finally:
+        models.build_fast = original
+    steps = [s for training, s in sizes if training]
+    assert len(steps) == 2 * math.ceil(340 / 32)
+    assert steps == [16] * (len(steps) // 2) + [32] * (len(steps) - len(steps) // 2)
+
+
+def net_of_corner(x):
+    """A stand-in network: its 'logits' are two pixels of the top-left corner."""
+    return x[:, 0, 0, :2]
+
+
+def test_tta_averages_flips_and_one_pixel_shifts_with_reflection():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(tta_logits(net_of_corner, x, 0), x[:, 0, 0, :2])
+    flipped = x.flip(3)[:, 0, 0, :2]
+    assert torch.allclose(tta_logits(net_of_corner, x, 1), (x[:, 0, 0, :2] + flipped) / 2)
+    padded = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                                     mode="reflect"))
+    up_left, down_right = padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]
+    views = [v[:, 0, 0, :2] + v.flip(3)[:, 0, 0, :2] for v in (up_left, down_right)]
+    expected = ((x[:, 0, 0, :2] + flipped) / 2 + (views[0] + views[1]) / 4) / 2
+    assert torch.allclose(tta_logits(net_of_corner, x, 2), expected)
+    assert up_left[0, 0, 0, 0] == x[0, 0, 1, 1]  # reflection, not zero padding
+
+
+def test_tta_is_used_for_the_test_set_and_recorded(dataset, tmp_path):
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 2}))
+    assert cfg.tta == 2
+    result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
+    from cifarlab.evaluate import evaluate
+    from cifarlab.loader import Batches, split_dataset
+    test = Batches(split_dataset(dataset, 0)[2], 500, torch.device("cpu"), cfg.normalize)
+    with_tta = evaluate(result.net, test, dataset.classes, tta=2)
+    plain = evaluate(result.net, test, dataset.classes, tta=0)
+    assert result.metrics["tta"] == 2
+    assert result.metrics["test_loss"] == pytest.approx(with_tta.loss)
+    assert with_tta.loss != pytest.approx(plain.loss)
+
+
+def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
+    cfg = RunConfig(**with_recipe({"recipe": "fast", "lr": 0.1}))
+    assert (cfg.model, cfg.optimizer, cfg.schedule, cfg.lr, cfg.label_smoothing) == (
+        "fast", "sgd", "linear", 0.1, 0.2)
+    assert RunConfig.from_dict({"recipe": "fast"}).model == "fast"
+    with pytest.raises(CifarlabError, match="unknown recipe 'slow'"):
+        with_recipe({"recipe": "slow"})
+    code = main(["train", "--recipe", "fast", "--budget", "soon", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "budget 'soon' is not a positive duration" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_fast_run_folder_records_its_recipe_and_network(dataset, tmp_path):
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 1, "tta": 0}))
+    result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
+    config = json.loads((result.path / "config.json").read_text())
+    assert config["settings"]["recipe"] == "fast" and config["network"]["style"] == "fast"
+    from cifarlab.run import load_network
+    net, _ = load_network(result.path)
+    x = torch.rand(3, 3, 32, 32)
+    net.eval()
+    result.net.eval()
+    assert torch.allclose(net(x), result.net(x), atol=1e-6)

@@ -1,0 +1,171 @@
+"""Studies on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray  # noqa: F401  (the test extra installs it: these tests must run in CI)
+from conftest import Tiny
+
+from cifarlab import rundir
+from cifarlab.cli import main
+from cifarlab.errors import CifarlabError
+from cifarlab.ray_runner import RayOptions
+from cifarlab.report import collect_study, markdown_table
+from cifarlab.runner import run_study
+from cifarlab.study import load
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head node of 2 CPUs, stopped at the end (only the processes it started)."""
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
+         "--object-store-memory", str(200 * 2**20), "--include-dashboard", "false",
+         "--disable-usage-stats", "--temp-dir", temp],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while subprocess.run([str(RAY), "status", "--address", address], capture_output=True
+                         ).returncode != 0:
+        assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
+        time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-study")
+    data = Tiny(per_class_train=30, per_class_test=10, seed=7).write_binary(root)
+    path = root / "s.toml"
+    path.write_text(f'''name = "four"
+seeds = 2
+[defaults]
+blocks = 2
+filters = [8, 16]
+dense = [32]
+epochs = 8
+val_split = 60
+device = "cpu"
+augment = "flip,translate:4,cutout:12"
+data = "{data}"
+[[variant]]
+name = "base"
+[[variant]]
+name = "drop"
+dropout = 0.5
+''')
+    return path
+
+
+def runs_of(out: Path) -> dict:
+    return {str(p.relative_to(out)): p for p in sorted((out / "runs").glob("*/seed-*"))}
+
+
+def history_without_times(run: Path) -> list[str]:
+    return [line.rsplit(",", 1)[0] for line in (run / "history.csv").read_text().splitlines()]
+
+
+def report_without_times(out: Path) -> list[list[str]]:
+    lines = [line.split(" | ") for line in markdown_table(collect_study(out)).splitlines()]
+    timed = lines[0].index("train time (s)")
+    return [cells[:timed] + cells[timed + 1:] for cells in lines]
+
+
+def kill_one_running_task(out: Path, proc: subprocess.Popen) -> str:
+    """SIGKILL the Ray worker of the first run seen mid-training (after its first epoch)."""
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        for name, run in runs_of(out).items():
+            lock = run / ".lock"
+            if (run / rundir.CHECKPOINT).exists() and lock.exists():
+                try:
+                    pid = int(lock.read_text())
+                    os.kill(pid, signal.SIGKILL)
+                except (OSError, ValueError):
+                    continue  # it finished (or the lock was being written) just now
+                return name
+        time.sleep(0.01)
+    raise AssertionError("no run was ever seen mid-training")
+
+
+def test_a_study_on_ray_survives_a_killed_task_and_matches_the_local_executor(
+        cluster, study_file, tmp_path):
+    on_ray, local = tmp_path / "ray", tmp_path / "local"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifarlab", "study", str(study_file), "--executor", "ray",
+         "--address", cluster, "--out", str(on_ray)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = kill_one_running_task(on_ray, proc)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "resuming" in output  # the retried task continued the killed run
+    assert "1 threads" in output  # each task runs on the CPUs it was given
+
+    assert main(["study", str(study_file), "--jobs", "2", "--out", str(local)]) == 0
+    ray_runs, local_runs = runs_of(on_ray), runs_of(local)
+    assert list(ray_runs) == list(local_runs) and len(ray_runs) == 4
+    for name in ray_runs:
+        assert rundir.is_finished(ray_runs[name])
+        assert not list(ray_runs[name].glob(".*"))  # no lock or temporary file left behind
+        assert history_without_times(ray_runs[name]) == history_without_times(local_runs[name])
+        a = json.loads((ray_runs[name] / "metrics.json").read_text())
+        b = json.loads((local_runs[name] / "metrics.json").read_text())
+        assert (a["test_accuracy"], a["test_loss"], a["per_class"]) == \
+            (b["test_accuracy"], b["test_loss"], b["per_class"])
+    assert len(history_without_times(ray_runs[killed])) == 9  # header + 8 epochs, no repeats
+    losses = {json.loads((p / "metrics.json").read_text())["test_loss"] for p in ray_runs.values()}
+    assert len(losses) == 4  # the runs differ, so the equalities above mean something
+
+    assert report_without_times(on_ray) == report_without_times(local)
+
+    # A restarted driver skips the finished runs (it reads the run folders, not Ray's state).
+    again = subprocess.run(
+        [sys.executable, "-m", "cifarlab", "study", str(study_file), "--executor", "ray",
+         "--address", cluster, "--out", str(on_ray)], capture_output=True, text=True,
+        timeout=300)
+    assert again.returncode == 0 and "4 already finished, 0 to train" in again.stdout
+
+
+def test_without_ray_the_executor_says_how_to_install_it(study_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    with pytest.raises(CifarlabError, match=r"pip install 'cifarlab\[ray\]'"):
+        run_study(load(study_file), tmp_path / "s", ray=RayOptions())
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task must be positive"),
+    (["--executor", "ray", "--retries", "-1"], "--retries must be 0 or more"),
+    (["--address", "10.0.0.1:6379"], "--address is for --executor ray"),
+    (["--executor", "dask"], "invalid choice"),
+])
+def test_bad_executor_options_are_refused_in_one_sentence(study_file, tmp_path, capsys, args,
+                                                          words):
+    code = main(["study", str(study_file), "--out", str(tmp_path / "s"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
