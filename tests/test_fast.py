@@ -13,7 +13,7 @@ from cifarlab import RunConfig, load_cifar10, models, train_run
 from cifarlab.cli import main
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
-from cifarlab.train import linear_shape, steps_in_budget, tta_logits
+from cifarlab.train import Plan, linear_shape, steps_in_budget, tta_logits
 
 TINY_FAST = dict(recipe="fast", filters=(8, 16, 16), val_split=60, device="cpu", batch_size=32)
 
@@ -93,9 +93,13 @@ def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(datase
     assert m["epochs_run"] == m["planned_epochs"] == math.ceil(m["planned_steps"] /
                                                                steps_per_epoch)
     assert 6 < m["train_time_s"] < 12 * 1.5
-    # The schedule spans the planned steps: the last epoch starts low on the decay.
+    # The schedule spans the (re-)planned steps: each epoch starts where the final plan puts
+    # it on the warm-up and decay, and the last steps come down to nearly nothing.
     lrs = [row["lr"] for row in result.fit.history]
-    assert max(lrs) <= cfg.lr and lrs[-1] < 0.5 * cfg.lr
+    assert max(lrs) <= cfg.lr
+    last_start = (len(lrs) - 1) * steps_per_epoch
+    assert lrs[-1] == pytest.approx(cfg.lr * linear_shape(last_start, m["planned_steps"]))
+    assert linear_shape(m["planned_steps"] - 1, m["planned_steps"]) < 0.01
 
 
 def test_progressive_resizing_trains_the_first_share_of_steps_on_half_size_images(
@@ -177,3 +181,24 @@ def test_a_fast_run_folder_records_its_recipe_and_network(dataset, tmp_path):
     net.eval()
     result.net.eval()
     assert torch.allclose(net(x), result.net(x), atol=1e-6)
+
+
+def test_replanning_follows_the_measured_speed_of_the_last_epoch():
+    def plan():
+        return Plan(steps=100, full=1.0, half=0.25, validation=0.0, measuring_s=0.0)
+
+    slow, fast, even = plan(), plan(), plan()
+    slow.replan(50, 100.0, [0, 50], [0.0, 100.0], 0.0, 0.0)  # twice the estimate
+    fast.replan(50, 100.0, [0, 50], [0.0, 25.0], 0.0, 0.0)  # half the estimate
+    even.replan(50, 100.0, [0, 50], [0.0, 50.0], 0.5, 0.0)  # as estimated, plus validation
+    assert (slow.full, slow.half, slow.steps) == (2.0, 0.5, 100)
+    assert (fast.full, fast.steps) == (0.5, 250)
+    assert even.steps == 50 + 66  # 1.5 s per step
+    # Each size is corrected by its own measurement; half-size steps still to come
+    # (progressive 0.5 of the longer plan) are cheaper.
+    mixed = plan()
+    mixed.replan(10, 100.0, [6, 4], [3.0, 4.0], 0.0, 0.5)
+    assert (mixed.half, mixed.full) == (0.5, 1.0)
+    halves = int(0.5 * mixed.steps) - 10
+    assert halves * 0.5 + (mixed.steps - 10 - halves) * 1.0 <= 100 < \
+        (halves + 1) * 0.5 + (mixed.steps - 9 - halves - 1) * 1.0 + 1.0

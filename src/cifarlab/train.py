@@ -66,15 +66,17 @@ def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return kind(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def make_schedule(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
-    """A per-step learning-rate schedule over the planned run (None for a constant rate)."""
+def make_schedule(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int,
+                  plan: "Plan | None" = None):
+    """A per-step learning-rate schedule over the planned run (None for a constant rate).
+    The linear schedule follows `plan.steps` when a time budget re-plans the run."""
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     if cfg.schedule == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: linear_shape(step,
-                                                                                total_steps))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: linear_shape(
+            step, plan.steps if plan is not None else total_steps))
     return None
 
 
@@ -212,15 +214,16 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     steps = len(train) if group is None else train.num_images // train.batch_size + \
         (train.num_images % train.batch_size >= group.world_size)
     world = group.world_size if group is not None else 1
-    planned, planning_s = cfg.epochs * steps, 0.0
+    planned, planning_s, plan = cfg.epochs * steps, 0.0, None
     if resume is not None:
         planned = resume.get("planned_steps", planned)
     elif cfg.budget:
-        planned, planning_s = plan_steps(net, train, val.num_images, cfg, steps)
+        plan = plan_steps(net, train, val.num_images, cfg, steps)
         if group is not None:
-            planned = group.broadcast(planned)
+            plan.steps = group.broadcast(plan.steps)
+        planned, planning_s = plan.steps, plan.measuring_s
     epochs = -(-planned // steps)
-    schedule = make_schedule(opt, cfg, planned)
+    schedule = make_schedule(opt, cfg, planned, plan)
     # Summed, then divided by the global batch size: the gradient DDP averages over the
     # processes is then exactly the one-process gradient, whatever the slices' sizes.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
@@ -245,11 +248,13 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
               f"measured in {planning_s:.1f} s", flush=True)
     done_steps = (first - 1) * steps
-    half_res = cfg.progressive * planned  # steps before this one train on 16x16 images
-    for epoch in range(first, epochs + 1):
-        if stop:
-            break
-        start = time.perf_counter()
+    epoch = first - 1
+    while epoch < epochs and not stop:
+        epoch += 1
+        half_res = cfg.progressive * planned  # steps before this one train on 16x16 images
+        epoch_steps = [0, 0]  # half-size and full-size steps of this epoch ...
+        phase_s = [0.0, 0.0]  # ... and the seconds they took
+        start = mark = time.perf_counter()
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed + (group.rank if group is not None else 0))  # dropout draws
         lr = opt.param_groups[0]["lr"]
@@ -264,6 +269,10 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
                 break
             if done_steps < half_res:
                 x = downsample(x)
+            elif epoch_steps[0] and not epoch_steps[1]:  # the switch to full size
+                now = time.perf_counter()
+                phase_s[0], mark = now - mark, now
+            epoch_steps[done_steps >= half_res] += 1
             done_steps += 1
             global_n = min(train.batch_size, train.num_images - (step - 1) * train.batch_size)
             seen += global_n
@@ -295,7 +304,10 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise diverged(epoch, steps, cfg)
+        val_start = time.perf_counter()
+        phase_s[epoch_steps[1] > 0] += val_start - mark
         val_loss, val_acc = validate(net, val, group)
+        val_s = time.perf_counter() - val_start
         row = {"epoch": epoch, "loss": train_loss, "accuracy": correct.item() / seen,
                "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                "epoch_time_s": time.perf_counter() - start}
@@ -305,6 +317,21 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         if group is not None:  # rank 0 decides, so the processes cannot disagree
             stop = group.broadcast(stop)
         result.stopped_early = stop
+        if plan is not None and not stop and epoch < epochs and cfg.schedule in ("linear",
+                                                                                 "constant"):
+            # Re-plan the rest from this epoch's real speed (so the budget holds on a
+            # machine whose speed drifts); the schedule stretches or shrinks to match.
+            plan.replan(done_steps, budget_left(cfg, result.train_time_s), epoch_steps,
+                        phase_s, val_s / max(1, sum(epoch_steps)), cfg.progressive)
+            if group is not None:
+                plan.steps = group.broadcast(plan.steps)
+            planned = plan.steps
+            if schedule is not None:  # the rate for the next step, on the new plan
+                for g, base in zip(opt.param_groups, schedule.base_lrs):
+                    g["lr"] = base * linear_shape(done_steps, planned)
+            epochs = -(-planned // steps)
+            result.planned_steps, result.planned_epochs = planned, epochs
+            progress.epochs = epochs
         progress.end(row, epochs)
         if checkpoint is not None:
             checkpoint({"epoch": epoch, "stopped": stop, "planned_steps": planned,
@@ -328,13 +355,57 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     return result
 
 
+@dataclass
+class Plan:
+    """The training steps a time budget buys, from measured seconds per step."""
+
+    steps: int
+    full: float  # seconds per step on full-size images
+    half: float  # ... on half-size images
+    validation: float  # seconds of validation per training step
+    measuring_s: float  # seconds spent measuring (they count against the budget)
+
+    def replan(self, done: int, seconds_left: float, epoch_steps: list[int],
+               phase_s: list[float], validation: float, progressive: float) -> None:
+        """Correct the per-step costs by what the last epoch's half-size and full-size
+        steps really took, and plan the steps still to come into `seconds_left`."""
+        half_n, full_n = epoch_steps
+        old_half, old_full = self.half, self.full
+        if half_n and phase_s[0] > 0:
+            self.half = phase_s[0] / half_n
+        if full_n and phase_s[1] > 0:
+            self.full = phase_s[1] / full_n
+        # A size the epoch did not train on is assumed off by the same factor as the other.
+        if not full_n:
+            self.full = old_full * self.half / old_half
+        if not half_n:
+            self.half = old_half * self.full / old_full
+        self.validation = validation
+
+        def cost(more: int) -> float:
+            halves = min(more, max(0, int(progressive * (done + more)) - done))
+            return halves * self.half + (more - halves) * self.full + more * self.validation
+
+        low, high = 0, max(1, 4 * self.steps)
+        while low < high:  # the most steps whose cost fits
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if cost(mid) <= seconds_left else (low, mid - 1)
+        self.steps = done + max(1, low)
+
+
+def budget_left(cfg: RunConfig, spent: float) -> float:
+    return BUDGET_USE * parse_budget(cfg.budget) - spent
+
+
+BUDGET_USE = 0.97  # share of a budget planned for; the rest absorbs the last epoch's drift
+
+
 def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
-               steps_per_epoch: int) -> tuple[int, float]:
+               steps_per_epoch: int) -> Plan:
     """How many training steps fit in cfg.budget, measured on a throw-away copy of the
     network (the run itself is untouched, so a planned run is as repeatable as one given in
-    epochs). Returns (steps, seconds the measuring took); those seconds count against the
-    budget, and so does each epoch's validation, estimated at a third of a training step
-    per image."""
+    epochs). The seconds spent measuring count against the budget, and so does each
+    epoch's validation (estimated until an epoch has run, then measured: Plan.replan)."""
     budget = parse_budget(cfg.budget)
     started = time.perf_counter()
     probe = copy.deepcopy(net).train()
@@ -343,33 +414,39 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
     device = train.y.device
     stream = _endless(train, cfg)
 
-    def seconds_per_step(n: int, half: bool) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
+    def seconds_per_step(n: int, half: bool, at_least_s: float = 0.0) -> float:
+        """Mean time of at least `n` steps, and of as many as take `at_least_s`."""
+        t0, done = time.perf_counter(), 0
+        while done < n or time.perf_counter() - t0 < at_least_s:
+            done += 1
             x, y = next(stream)
             with autocast(device):
                 loss = loss_fn(probe(downsample(x) if half else x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / n
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / done
 
+    # About 2% of the budget goes to measuring; those seconds count against it.
+    measure = min(0.01 * budget, 10.0)
     seconds_per_step(1, False)  # warm-up: allocations, kernel choices
-    full = seconds_per_step(3, False)
+    full = seconds_per_step(3, False, measure)
     half = full
     if cfg.progressive:
         seconds_per_step(1, True)
-        half = seconds_per_step(3, True)
+        half = seconds_per_step(3, True, measure)
     spent = time.perf_counter() - started
-    steps = steps_in_budget(budget - spent, full, half, cfg.progressive,
-                            val_images / train.batch_size * full / 3 / steps_per_epoch)
+    # Validation: about half a training step's time per image (no backward pass, but
+    # larger batches of a network in eval mode), once an epoch.
+    validation = val_images / train.batch_size * full / 2 / steps_per_epoch
+    steps = steps_in_budget(BUDGET_USE * budget - spent, full, half, cfg.progressive, validation)
     if steps < 1:
         raise CifarlabError(f"the budget {cfg.budget} does not fit one training step on this "
                             f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
                             "a longer --budget")
-    return steps, spent
+    return Plan(steps, full, half, validation, spent)
 
 
 def steps_in_budget(seconds: float, full: float, half: float, progressive: float,
@@ -382,8 +459,10 @@ def steps_in_budget(seconds: float, full: float, half: float, progressive: float
 
 
 def _endless(train: Batches, cfg: RunConfig):
-    for n in itertools.count():
-        yield from train.shuffled(torch.Generator().manual_seed(n), None, cfg.seed, 1)
+    """Training batches, augmented as in the run, for as long as they are wanted."""
+    augmentation = parse_augment(cfg.augment)
+    for n in itertools.count(1):
+        yield from train.shuffled(torch.Generator().manual_seed(n), augmentation, cfg.seed, n)
 
 
 class Diverged(CifarlabError):
