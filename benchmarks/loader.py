@@ -42,15 +42,18 @@ def train_rate(preset: str, batch: int, seconds: float, half: bool = False) -> f
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     x = downsample(x) if half else x
     y = torch.randint(0, 10, (batch,))
-    steps, start = 0, None
-    while start is None or time.perf_counter() - start < seconds:
+    def step():
         loss = nn.functional.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    step()
+    step()  # warm-up
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
         steps += 1
-        if steps == 2:  # after warm-up
-            start, steps = time.perf_counter(), 0
     return steps * batch / (time.perf_counter() - start)
 
 

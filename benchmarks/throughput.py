@@ -6,10 +6,16 @@ For each network and batch size: images per second through cifarlab's own traini
 (the loader's batches, channels-last, the optimiser as `fit` builds it), and the achieved
 GFLOP/s against this machine's float32 matmul peak measured in the same run (this shared
 machine drifts by ~30% from hour to hour, so only ratios within one run mean anything).
-Prints a table and saves benchmarks/throughput.png.
+With --keras-python (default .venv-keras/bin/python, made by benchmarks/keras_env.sh) the
+same networks also train in Keras on TensorFlow-CPU, the original study's framework, in the
+same run, one after the other, each on all cores. Prints a table and saves
+benchmarks/throughput.png.
 """
 
 import argparse
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -79,31 +85,57 @@ def images_per_second(preset: str, batch: int, seconds: float) -> float:
                 return done / (time.perf_counter() - start)
 
 
+def keras_images_per_second(python: Path, preset: str, batch: int, seconds: float) -> float:
+    script = Path(__file__).with_name("keras_networks.py")
+    done = subprocess.run([str(python), str(script), preset, str(batch), str(seconds)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode != 0:
+        raise SystemExit(f"the Keras benchmark failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="simple,deep,batchnorm")
     p.add_argument("--batch", default="32,256")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per cell")
+    p.add_argument("--keras-python", default=".venv-keras/bin/python",
+                   help="Python of an environment with TensorFlow (benchmarks/keras_env.sh "
+                   "makes one); the Keras columns are left out if it does not exist")
     args = p.parse_args()
+    keras = Path(args.keras_python) if Path(args.keras_python).exists() else None
     peak = matmul_peak()
     rows = []
     for preset in args.presets.split(","):
         flops = train_flops_per_image(models.build(models.preset(preset)))
         for batch in map(int, args.batch.split(",")):
             ips = images_per_second(preset, batch, args.seconds)
-            rows.append((preset, batch, ips, ips * flops / 1e9))
+            k_ips = keras_images_per_second(keras, preset, batch, args.seconds) if keras \
+                else float("nan")
+            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips))
+    peak_after = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
-          f"measured now: {peak:.1f} GFLOP/s\n")
-    print("| network | batch | images/s | GFLOP/s | % of matmul peak |")
-    print("|---|---|---|---|---|")
-    for preset, batch, ips, gf in rows:
-        print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% |")
+          f"measured now: {peak:.1f} GFLOP/s before, {peak_after:.1f} after\n")
+    print("| network | batch | cifarlab images/s | GFLOP/s | % of matmul peak | "
+          "Keras images/s | cifarlab / Keras |")
+    print("|---|---|---|---|---|---|---|")
+    for preset, batch, ips, gf, k_ips in rows:
+        print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
+              f"{k_ips:.0f} | {ips / k_ips:.2f}x |")
+    if keras is None:
+        print("\n(Keras columns empty: run benchmarks/keras_env.sh to create .venv-keras)")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [f"{r[0]}\nbatch {r[1]}" for r in rows]
-    ax.bar(labels, [r[2] for r in rows], color="tab:blue")
+    where = np.arange(len(rows))
+    ax.bar(where - 0.2, [r[2] for r in rows], 0.4, color="tab:blue", label="cifarlab")
+    ax.bar(where + 0.2, [r[4] for r in rows], 0.4, color="tab:orange",
+           label="Keras / TensorFlow-CPU")
+    ax.set_xticks(where, labels)
+    ax.legend()
     ax.set_ylabel("training images / s")
     ax.set_title(f"cifarlab training throughput (matmul peak {peak:.0f} GFLOP/s)")
     fig.tight_layout()

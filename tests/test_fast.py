@@ -63,9 +63,10 @@ def test_fast_network_shapes_and_parameters():
     assert kinds[-4:] == ["AdaptiveMaxPool2d", "Flatten", "Linear", "Scale"]
     assert "fast" in models.PRESETS
     trainable, stats = models.count_parameters(net)
-    convs = 24 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + 128 * 128 * 9 + 128 * 256 * 9 + \
-        256 * 256 * 9
-    assert trainable == 24 + convs + 2 * 2 * (64 + 128 + 256) + 256 * 10
+    convs = 24 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + \
+        128 * 128 * 9
+    assert trainable == 24 + convs + 2 * 2 * (32 + 64 + 128) + 128 * 10
+    assert stats == 2 * 2 * (32 + 64 + 128)
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
@@ -202,3 +203,13 @@ def test_replanning_follows_the_measured_speed_of_the_last_epoch():
     halves = int(0.5 * mixed.steps) - 10
     assert halves * 0.5 + (mixed.steps - 10 - halves) * 1.0 <= 100 < \
         (halves + 1) * 0.5 + (mixed.steps - 9 - halves - 1) * 1.0 + 1.0
+
+
+def test_a_study_variant_can_use_the_recipe_and_override_it():
+    from cifarlab.study import parse
+    s = parse({"name": "speed", "defaults": {"epochs": 3}, "variant": [
+        {"name": "study"}, {"name": "fast", "recipe": "fast", "lr": 0.3}]}, "s.toml")
+    base, fast = (s.config(v, 0) for v in s.variants)
+    assert (base.model, base.optimizer) == ("simple", "adam")
+    assert (fast.model, fast.optimizer, fast.lr, fast.tta, fast.epochs) == (
+        "fast", "sgd", 0.3, 2, 3)

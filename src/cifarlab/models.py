@@ -57,7 +57,7 @@ PRESETS: dict[str, tuple[str, NetConfig]] = {
     ),
     "fast": (
         "Speed recipe: whitening stem, 3 blocks of conv-pool-norm-GELU x2, max-pool head",
-        NetConfig(filters=(64, 128, 256), convs_per_block=2, batchnorm=True, head="max",
+        NetConfig(filters=(32, 64, 128), convs_per_block=2, batchnorm=True, head="max",
                   dense=(), style="fast"),
     ),
 }

@@ -248,6 +248,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
               f"measured in {planning_s:.1f} s", flush=True)
     done_steps = (first - 1) * steps
+    replanning = plan is not None and cfg.schedule in ("linear", "constant")
     epoch = first - 1
     while epoch < epochs and not stop:
         epoch += 1
@@ -296,6 +297,23 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             if bad:
                 raise diverged(epoch, step, cfg)
             progress.step(step, loss_sum, correct, train.batch_size // world)
+            if replanning and done_steps % plan.every == 0 and done_steps < planned:
+                # Within the epoch too, so a budget shorter than an epoch also holds.
+                now = time.perf_counter()
+                so_far = list(phase_s)
+                so_far[epoch_steps[1] > 0] += now - mark
+                spent = result.train_time_s + (now - start) + plan.validation * sum(epoch_steps)
+                plan.replan(done_steps, budget_left(cfg, spent), epoch_steps, so_far,
+                            plan.validation, cfg.progressive)
+                if group is not None:
+                    plan.steps = group.broadcast(plan.steps)
+                planned = plan.steps
+                # Never back to half size once full-size steps have begun.
+                half_res = min(cfg.progressive * planned, half_res if not epoch_steps[1]
+                               else done_steps)
+                epochs = -(-planned // steps)
+                result.planned_steps, result.planned_epochs = planned, epochs
+                progress.epochs = epochs
             if asked:
                 progress.close()
                 raise Interrupted(asked)
@@ -317,8 +335,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         if group is not None:  # rank 0 decides, so the processes cannot disagree
             stop = group.broadcast(stop)
         result.stopped_early = stop
-        if plan is not None and not stop and epoch < epochs and cfg.schedule in ("linear",
-                                                                                 "constant"):
+        if replanning and not stop and epoch < epochs:
             # Re-plan the rest from this epoch's real speed (so the budget holds on a
             # machine whose speed drifts); the schedule stretches or shrinks to match.
             plan.replan(done_steps, budget_left(cfg, result.train_time_s), epoch_steps,
@@ -364,6 +381,7 @@ class Plan:
     half: float  # ... on half-size images
     validation: float  # seconds of validation per training step
     measuring_s: float  # seconds spent measuring (they count against the budget)
+    every: int = 50  # steps between re-plans within an epoch
 
     def replan(self, done: int, seconds_left: float, epoch_steps: list[int],
                phase_s: list[float], validation: float, progressive: float) -> None:
@@ -446,7 +464,7 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
         raise CifarlabError(f"the budget {cfg.budget} does not fit one training step on this "
                             f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
                             "a longer --budget")
-    return Plan(steps, full, half, validation, spent)
+    return Plan(steps, full, half, validation, spent, every=max(20, steps // 10))
 
 
 def steps_in_budget(seconds: float, full: float, half: float, progressive: float,
