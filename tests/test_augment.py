@@ -99,3 +99,16 @@ def test_parse(spec, expected):
 def test_bad_augmentation_specs(spec, message):
     with pytest.raises(CifarlabError, match=message):
         augment.parse(spec)
+
+
+def test_flip_folded_into_translate_equals_flip_then_translate():
+    from cifarlab.augment import flip, translate
+    x = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8)
+    mirror = torch.rand(16, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert mirror.any() and not mirror.all()
+    folded = translate(x, 3, torch.Generator().manual_seed(2), mirror=mirror)
+    apart = translate(flip(x, mirror, width_dim=2), 3, torch.Generator().manual_seed(2))
+    assert torch.equal(folded, apart)
+    nchw = translate(x.permute(0, 3, 1, 2), 3, torch.Generator().manual_seed(2),
+                     channels_last=False, mirror=mirror)
+    assert torch.equal(nchw.permute(0, 2, 3, 1), apart)
