@@ -169,3 +169,12 @@ def test_bad_executor_options_are_refused_in_one_sentence(study_file, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and words in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_an_unreachable_cluster_is_one_sentence_and_writes_nothing(study_file, tmp_path, capsys):
+    port = free_port()  # nothing listens there
+    code = main(["study", str(study_file), "--executor", "ray", "--address",
+                 f"127.0.0.1:{port}", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Ray cluster" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()

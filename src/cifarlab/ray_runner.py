@@ -54,6 +54,16 @@ def import_ray():
 
 def connect(options: RayOptions):
     ray = import_ray()
+    if options.address and options.address != "auto" and not ray.is_initialized():
+        # Ray aborts the whole process when its head node cannot be reached, after a minute;
+        # a plain connection attempt first turns a wrong address into one sentence.
+        host, _, port = options.address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise CifarlabError(f"cannot reach the Ray cluster at {options.address} "
+                                f"({getattr(e, 'strerror', None) or e}); check --address "
+                                "(host:port of the head node)") from None
     if not ray.is_initialized():
         try:
             ray.init(address=options.address, include_dashboard=False,

@@ -83,9 +83,8 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
     if jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
     if ray is not None:
-        from .ray_runner import import_ray
-        ray.check()
-        import_ray()  # before anything is written
+        from .ray_runner import connect
+        connect(ray.check())  # before anything is written
     tasks = plan(study, out)
     for t in tasks:
         t.cfg.validate()
