@@ -13,7 +13,7 @@ from cifarlab import RunConfig, load_cifar10, models, train_run
 from cifarlab.cli import main
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
-from cifarlab.train import Plan, linear_shape, steps_in_budget, tta_logits
+from cifarlab.train import Plan, linear_shape, tta_logits
 
 TINY_FAST = dict(recipe="fast", filters=(8, 16, 16), val_split=60, device="cpu", batch_size=32)
 
@@ -65,7 +65,7 @@ def test_fast_network_shapes_and_parameters():
     trainable, stats = models.count_parameters(net)
     convs = 24 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + \
         128 * 128 * 9
-    assert trainable == 24 + convs + 2 * 2 * (32 + 64 + 128) + 128 * 10
+    assert trainable == 24 + convs + 2 * (32 + 64 + 128) + 128 * 10  # norms: shifts only
     assert stats == 2 * 2 * (32 + 64 + 128)
 
 
@@ -78,11 +78,22 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(shape[20:], shape[21:]))
 
 
-def test_steps_in_budget_counts_half_size_steps_and_validation():
-    assert steps_in_budget(100, 1.0, 1.0, 0.0, 0.0) == 100
-    assert steps_in_budget(100, 1.0, 0.25, 0.5, 0.0) == 160  # 0.625 s per step on average
-    assert steps_in_budget(100, 1.0, 1.0, 0.0, 0.25) == 80
-    assert steps_in_budget(0.5, 1.0, 1.0, 0.0, 0.0) == 0
+def test_a_plan_counts_half_size_steps_and_one_validation_pass_per_epoch_begun():
+    p = Plan(0, full=1.0, half=0.25, validation=10.0, measuring_s=0.0, steps_per_epoch=40)
+    assert p.cost(0, 40, 0.0) == 40 + 10
+    assert p.cost(0, 41, 0.0) == 41 + 20  # a last, partial epoch is validated too
+    assert p.cost(0, 80, 0.5) == 40 * 0.25 + 40 * 1.0 + 2 * 10
+    assert p.cost(40, 1, 0.0) == 1 + 10
+    assert p.cost(45, 35, 0.0) == 35 + 10  # finishing the epoch in progress
+    p.fit(0, 60.9, 0.0)
+    assert p.steps == 40  # 41 steps would need a second validation pass: 61 s
+    p.fit(0, 61.0, 0.0)
+    assert p.steps == 41
+    p.fit(0, 100.0, 0.5)  # half the run at a quarter of the cost
+    assert p.cost(0, p.steps, 0.5) <= 100 < p.cost(0, p.steps + 1, 0.5)
+    assert p.steps == 112  # 56 x 0.25 + 56 x 1.0 + 3 passes x 10 = 100 s
+    p.fit(0, 0.5, 0.0)
+    assert p.steps == 1  # at least one step; plan_steps refuses a budget it cannot fit
 
 
 def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(dataset, tmp_path):
@@ -186,15 +197,17 @@ def test_a_fast_run_folder_records_its_recipe_and_network(dataset, tmp_path):
 
 def test_replanning_follows_the_measured_speed_of_the_last_epoch():
     def plan():
-        return Plan(steps=100, full=1.0, half=0.25, validation=0.0, measuring_s=0.0)
+        return Plan(steps=100, full=1.0, half=0.25, validation=0.0, measuring_s=0.0,
+                    steps_per_epoch=20)
 
     slow, fast, even = plan(), plan(), plan()
     slow.replan(50, 100.0, [0, 50], [0.0, 100.0], 0.0, 0.0)  # twice the estimate
     fast.replan(50, 100.0, [0, 50], [0.0, 25.0], 0.0, 0.0)  # half the estimate
-    even.replan(50, 100.0, [0, 50], [0.0, 50.0], 0.5, 0.0)  # as estimated, plus validation
+    even.replan(50, 100.0, [0, 50], [0.0, 50.0], 5.0, 0.0)  # as estimated, plus validation
     assert (slow.full, slow.half, slow.steps) == (2.0, 0.5, 100)
     assert (fast.full, fast.steps) == (0.5, 250)
-    assert even.steps == 50 + 66  # 1.5 s per step
+    # 75 more steps (1 s each) end in epoch 7: 5 validation passes of 5 s, 100 s in all.
+    assert even.steps == 50 + 75
     # Each size is corrected by its own measurement; half-size steps still to come
     # (progressive 0.5 of the longer plan) are cheaper.
     mixed = plan()
@@ -213,3 +226,50 @@ def test_a_study_variant_can_use_the_recipe_and_override_it():
     assert (base.model, base.optimizer) == ("simple", "adam")
     assert (fast.model, fast.optimizer, fast.lr, fast.tta, fast.epochs) == (
         "fast", "sgd", 0.3, 2, 3)
+
+
+def test_compile_trains_like_eager_and_compiles_once_per_network_shape(dataset, tmp_path):
+    torch._dynamo.reset()
+    base = {**TINY_FAST, "epochs": 2, "progressive": 0.5, "tta": 0}
+    eager = train_run(RunConfig(**with_recipe(base)), tmp_path / "e", data=dataset,
+                      verbose=False)
+    first = train_run(RunConfig(**with_recipe({**base, "compile": True})), tmp_path / "c0",
+                      data=dataset, verbose=False)
+    # Same seed, same batches: the compiled network learns the same thing up to rounding.
+    for a, b in zip(eager.fit.history, first.fit.history):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.02)
+    assert eager.metrics["compile_s"] == 0
+    # Compiling happened before training and is reported apart from it.
+    assert first.metrics["compile_s"] > 1
+    assert first.metrics["train_time_s"] == pytest.approx(
+        sum(row["epoch_time_s"] for row in first.fit.history))
+    # Another seed of the same network reuses the compiled code: no second compile.
+    second = train_run(RunConfig(**with_recipe({**base, "compile": True, "seed": 1})),
+                       tmp_path / "c1", data=dataset, verbose=False)
+    assert second.metrics["compile_s"] < first.metrics["compile_s"] / 3
+    assert json.loads((tmp_path / "c1" / "config.json").read_text())["settings"]["compile"]
+
+
+def test_fast_convolutions_start_as_partial_identities_and_norms_learn_only_shifts():
+    net = models.build(models.preset("fast"))
+    convs = [m for m in net if type(m) is nn.Conv2d]
+    x = torch.randn(2, 24, 8, 8)
+    out = convs[0](x)  # 24 -> 32: the first 24 filters copy their input channel
+    assert torch.allclose(out[:, :24], x, atol=1e-6)
+    assert out[:, 24:].abs().sum() > 0  # the rest are random filters
+    assert not torch.allclose(convs[1](out)[:, :1], torch.zeros(1))
+    norms = [m for m in net if isinstance(m, nn.BatchNorm2d)]
+    assert all(not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) for n in norms)
+
+
+def test_a_budget_too_short_for_one_step_is_one_sentence_and_leaves_no_folder(
+        dataset, tmp_path, capsys):
+    data = Tiny(per_class_train=4, per_class_test=2).write_binary(tmp_path / "d")
+    code = main(["train", "--recipe", "fast", "--filters", "8,16,16", "--data", str(data),
+                 "--val-split", "0", "--budget", "0.001s", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "budget 0.001s does not fit one training step" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

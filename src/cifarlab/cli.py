@@ -58,6 +58,8 @@ HELP = {
     "start_from_epoch": "epochs of warm-up before early stopping starts watching",
     "seed": "seed of the weights, shuffling and dropout: same seed, same run",
     "device": "auto, cpu or cuda",
+    "compile": "torch.compile the network for training (worth it on a GPU; compiling and "
+               "warming up are not counted as training time)",
 }
 
 EXAMPLES = {

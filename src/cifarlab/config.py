@@ -107,6 +107,7 @@ class RunConfig:
     # --- the run
     seed: int = 0
     device: str = "auto"
+    compile: bool = False  # torch.compile the training step (a GPU option; see train.py)
 
     def net_config(self) -> models.NetConfig:
         changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from .data import Dataset, load_cifar10
 from .errors import CifarlabError
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import Diverged, FitResult, Interrupted, fit, prepare_model, resolve_device
+from .train import BudgetTooShort, Diverged, FitResult, Interrupted, fit, prepare_model, resolve_device
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -168,6 +169,10 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
                          checkpoint=save_checkpoint if main else None, resume=state,
                          stop_requested=signalled, group=group)
+        except BudgetTooShort:
+            if main and not resume:  # nothing was trained: leave no run folder behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         except Diverged as e:
             if main:
                 rundir.write_json(out / "metrics.json", {
@@ -290,6 +295,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "tta": cfg.tta,
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
+        "compile_s": result.compile_s,
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",
         "most_confused": [{"true": t, "predicted": p, "count": c}
                           for t, p, c in ev.most_confused(3)],

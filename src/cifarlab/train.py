@@ -153,6 +153,7 @@ class FitResult:
     train_time_s: float = 0.0  # the epochs, validation included, and any budget planning
     planned_steps: int = 0
     planned_epochs: int = 0
+    compile_s: float = 0.0  # torch.compile and its warm-up, not part of train_time_s
 
 
 def make_tracker(cfg: RunConfig) -> EarlyStopping:
@@ -210,6 +211,9 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                         else None)
+    compile_s = 0.0
+    if cfg.compile:
+        model, compile_s = compile_model(model, net, train, cfg, group)
     opt = make_optimizer(net, cfg)
     steps = len(train) if group is None else train.num_images // train.batch_size + \
         (train.num_images % train.batch_size >= group.world_size)
@@ -230,7 +234,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     tracker = make_tracker(cfg)
     augmentation = parse_augment(cfg.augment)
     result = FitResult(tracker=tracker, planned_steps=planned, planned_epochs=epochs,
-                       train_time_s=planning_s)
+                       train_time_s=planning_s, compile_s=compile_s)
     first, stop = 1, False
     if resume is not None:
         net.load_state_dict(resume["model"])
@@ -244,6 +248,9 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         first, stop = resume["epoch"] + 1, resume["stopped"]
         result.stopped_early = stop
     progress = Progress(epochs, steps, enabled=verbose)
+    if verbose and cfg.compile:
+        print(f"Compiled the network in {compile_s:.1f} s (not counted as training time)",
+              flush=True)
     if verbose and cfg.budget and resume is None:
         print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
               f"measured in {planning_s:.1f} s", flush=True)
@@ -302,7 +309,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
                 now = time.perf_counter()
                 so_far = list(phase_s)
                 so_far[epoch_steps[1] > 0] += now - mark
-                spent = result.train_time_s + (now - start) + plan.validation * sum(epoch_steps)
+                spent = result.train_time_s + (now - start)
                 plan.replan(done_steps, budget_left(cfg, spent), epoch_steps, so_far,
                             plan.validation, cfg.progressive)
                 if group is not None:
@@ -339,7 +346,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             # Re-plan the rest from this epoch's real speed (so the budget holds on a
             # machine whose speed drifts); the schedule stretches or shrinks to match.
             plan.replan(done_steps, budget_left(cfg, result.train_time_s), epoch_steps,
-                        phase_s, val_s / max(1, sum(epoch_steps)), cfg.progressive)
+                        phase_s, val_s, cfg.progressive)
             if group is not None:
                 plan.steps = group.broadcast(plan.steps)
             planned = plan.steps
@@ -372,6 +379,35 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     return result
 
 
+def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConfig,
+                  group=None) -> tuple[nn.Module, float]:
+    """`model` through torch.compile, already compiled: one throw-away forward and
+    backward pass per batch shape the run will train on (full batches and the epoch's
+    last, at full and, with progressive resizing, half size) happens here, so neither
+    compiling nor warming up counts as training time. The weights and batch-norm
+    statistics come out unchanged. Compiled code is cached by the network's structure,
+    so the next run of the same network in this process (another seed of a study)
+    compiles nothing. Validation and evaluation stay uncompiled (eval mode would compile
+    a second graph for a small share of the time)."""
+    start = time.perf_counter()
+    compiled = torch.compile(model)
+    saved = copy.deepcopy(net.state_dict())
+    x, _ = next(iter(train.shuffled(torch.Generator().manual_seed(0), None, cfg.seed, 0,
+                                    group=group)))
+    rest = train.num_images % train.batch_size // (group.world_size if group else 1)
+    shapes = [x] + ([x[:rest]] if 0 < rest < len(x) else [])
+    if cfg.progressive:
+        shapes += [downsample(v) for v in shapes]
+    for v in shapes:
+        with autocast(x.device):
+            compiled(v).float().sum().backward()
+    net.zero_grad(set_to_none=True)
+    net.load_state_dict(saved)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return compiled, time.perf_counter() - start
+
+
 @dataclass
 class Plan:
     """The training steps a time budget buys, from measured seconds per step."""
@@ -379,14 +415,33 @@ class Plan:
     steps: int
     full: float  # seconds per step on full-size images
     half: float  # ... on half-size images
-    validation: float  # seconds of validation per training step
+    validation: float  # seconds of one validation pass (after every epoch, the last one too)
     measuring_s: float  # seconds spent measuring (they count against the budget)
+    steps_per_epoch: int
     every: int = 50  # steps between re-plans within an epoch
+
+    def cost(self, done: int, more: int, progressive: float) -> float:
+        """Seconds of `more` steps after `done`: the half-size ones among them (the first
+        `progressive` share of the whole run), the full-size ones, and a validation pass
+        at the end of every epoch they finish or begin, the run's last partial epoch too."""
+        halves = min(more, max(0, int(progressive * (done + more)) - done))
+        passes = -(-(done + more) // self.steps_per_epoch) - done // self.steps_per_epoch
+        return halves * self.half + (more - halves) * self.full + passes * self.validation
+
+    def fit(self, done: int, seconds_left: float, progressive: float) -> None:
+        """Plan the most steps after `done` whose cost fits `seconds_left` (at least one)."""
+        low, high = 0, int(seconds_left / min(self.half, self.full)) + 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.cost(done, mid, progressive) <= seconds_left \
+                else (low, mid - 1)
+        self.steps = done + max(1, low)
 
     def replan(self, done: int, seconds_left: float, epoch_steps: list[int],
                phase_s: list[float], validation: float, progressive: float) -> None:
-        """Correct the per-step costs by what the last epoch's half-size and full-size
-        steps really took, and plan the steps still to come into `seconds_left`."""
+        """Correct the per-step costs by what this epoch's half-size and full-size steps
+        really took (and the validation pass by its measured time), and plan the steps
+        still to come into `seconds_left`."""
         half_n, full_n = epoch_steps
         old_half, old_full = self.half, self.full
         if half_n and phase_s[0] > 0:
@@ -399,16 +454,7 @@ class Plan:
         if not half_n:
             self.half = old_half * self.full / old_full
         self.validation = validation
-
-        def cost(more: int) -> float:
-            halves = min(more, max(0, int(progressive * (done + more)) - done))
-            return halves * self.half + (more - halves) * self.full + more * self.validation
-
-        low, high = 0, max(1, 4 * self.steps)
-        while low < high:  # the most steps whose cost fits
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if cost(mid) <= seconds_left else (low, mid - 1)
-        self.steps = done + max(1, low)
+        self.fit(done, seconds_left, progressive)
 
 
 def budget_left(cfg: RunConfig, spent: float) -> float:
@@ -428,6 +474,7 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
     started = time.perf_counter()
     probe = copy.deepcopy(net).train()
     opt = make_optimizer(probe, cfg)
+    model = torch.compile(probe) if cfg.compile else probe  # cached: compiled in fit
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = train.y.device
     stream = _endless(train, cfg)
@@ -439,7 +486,7 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
             done += 1
             x, y = next(stream)
             with autocast(device):
-                loss = loss_fn(probe(downsample(x) if half else x).float(), y)
+                loss = loss_fn(model(downsample(x) if half else x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -457,23 +504,16 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
         half = seconds_per_step(3, True, measure)
     spent = time.perf_counter() - started
     # Validation: about half a training step's time per image (no backward pass, but
-    # larger batches of a network in eval mode), once an epoch.
-    validation = val_images / train.batch_size * full / 2 / steps_per_epoch
-    steps = steps_in_budget(BUDGET_USE * budget - spent, full, half, cfg.progressive, validation)
-    if steps < 1:
-        raise CifarlabError(f"the budget {cfg.budget} does not fit one training step on this "
+    # larger batches of a network in eval mode), measured once the first epoch has run.
+    validation = val_images / train.batch_size * full / 2
+    plan = Plan(0, full, half, validation, spent, steps_per_epoch)
+    plan.fit(0, BUDGET_USE * budget - spent, cfg.progressive)
+    if plan.cost(0, plan.steps, cfg.progressive) > BUDGET_USE * budget - spent:
+        raise BudgetTooShort(f"the budget {cfg.budget} does not fit one training step on this "
                             f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
                             "a longer --budget")
-    return Plan(steps, full, half, validation, spent, every=max(20, steps // 10))
-
-
-def steps_in_budget(seconds: float, full: float, half: float, progressive: float,
-                    validation: float) -> int:
-    """Steps that fit in `seconds` when a step takes `full` seconds (`half` on half-size
-    images, the first `progressive` share of the steps) plus `validation` seconds of
-    validation per step."""
-    per_step = progressive * half + (1 - progressive) * full + validation
-    return max(0, int(seconds / per_step))
+    plan.every = max(20, plan.steps // 10)
+    return plan
 
 
 def _endless(train: Batches, cfg: RunConfig):
@@ -481,6 +521,10 @@ def _endless(train: Batches, cfg: RunConfig):
     augmentation = parse_augment(cfg.augment)
     for n in itertools.count(1):
         yield from train.shuffled(torch.Generator().manual_seed(n), augmentation, cfg.seed, n)
+
+
+class BudgetTooShort(CifarlabError):
+    """A time budget too short for a single training step and its validation."""
 
 
 class Diverged(CifarlabError):
