@@ -27,7 +27,8 @@ from .data import Dataset, load_cifar10
 from .errors import CifarlabError
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import BudgetTooShort, Diverged, FitResult, Interrupted, fit, prepare_model, resolve_device
+from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, prepare_model,
+                    resolve_device)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem

@@ -255,6 +255,17 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
               f"measured in {planning_s:.1f} s", flush=True)
     done_steps = (first - 1) * steps
+
+    def replan(spent: float, phase_s: list[float], validation: float) -> tuple[int, int]:
+        """Plan the rest of the budget from the speed measured so far (every process takes
+        rank 0's plan); returns the planned steps and epochs."""
+        plan.replan(done_steps, budget_left(cfg, spent), epoch_steps, phase_s, validation,
+                    cfg.progressive)
+        if group is not None:
+            plan.steps = group.broadcast(plan.steps)
+        result.planned_steps = plan.steps
+        result.planned_epochs = progress.epochs = -(-plan.steps // steps)
+        return result.planned_steps, result.planned_epochs
     replanning = plan is not None and cfg.schedule in ("linear", "constant")
     epoch = first - 1
     while epoch < epochs and not stop:
@@ -309,18 +320,11 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
                 now = time.perf_counter()
                 so_far = list(phase_s)
                 so_far[epoch_steps[1] > 0] += now - mark
-                spent = result.train_time_s + (now - start)
-                plan.replan(done_steps, budget_left(cfg, spent), epoch_steps, so_far,
-                            plan.validation, cfg.progressive)
-                if group is not None:
-                    plan.steps = group.broadcast(plan.steps)
-                planned = plan.steps
+                planned, epochs = replan(result.train_time_s + (now - start), so_far,
+                                         plan.validation)
                 # Never back to half size once full-size steps have begun.
                 half_res = min(cfg.progressive * planned, half_res if not epoch_steps[1]
                                else done_steps)
-                epochs = -(-planned // steps)
-                result.planned_steps, result.planned_epochs = planned, epochs
-                progress.epochs = epochs
             if asked:
                 progress.close()
                 raise Interrupted(asked)
@@ -345,17 +349,10 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         if replanning and not stop and epoch < epochs:
             # Re-plan the rest from this epoch's real speed (so the budget holds on a
             # machine whose speed drifts); the schedule stretches or shrinks to match.
-            plan.replan(done_steps, budget_left(cfg, result.train_time_s), epoch_steps,
-                        phase_s, val_s, cfg.progressive)
-            if group is not None:
-                plan.steps = group.broadcast(plan.steps)
-            planned = plan.steps
+            planned, epochs = replan(result.train_time_s, phase_s, val_s)
             if schedule is not None:  # the rate for the next step, on the new plan
                 for g, base in zip(opt.param_groups, schedule.base_lrs):
                     g["lr"] = base * linear_shape(done_steps, planned)
-            epochs = -(-planned // steps)
-            result.planned_steps, result.planned_epochs = planned, epochs
-            progress.epochs = epochs
         progress.end(row, epochs)
         if checkpoint is not None:
             checkpoint({"epoch": epoch, "stopped": stop, "planned_steps": planned,
