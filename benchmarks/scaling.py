@@ -66,7 +66,7 @@ def main():
               f"({100 * (t - fit) / fit:+.0f}%) | {r['test_accuracy']:.4f} | "
               f"{r['peak_rss_mib']:.0f} |")
     print(f"\nTime = {fixed:.1f} s + {1000 * slope:.2f} s per 1,000 training images "
-          f"({args.epochs} epoch(s); the fixed part is mostly validation on the test set).")
+          f"({args.epochs} epoch{'s' if args.epochs != 1 else ''}; the fixed part is mostly validation on the test set).")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -74,10 +74,11 @@ def main():
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     images = [r["train_images"] for r in rows]
     left.plot(images, [r["train_time_s"] for r in rows], "o-")
-    left.plot([0, images[-1]], [0, rows[-1]["train_time_s"]], ":", color="grey",
-              label="linear through the full-data run")
+    left.plot([0, images[-1]], [fixed, fixed + slope * images[-1]], ":", color="grey",
+              label=f"fitted line: {fixed:.1f} s + {1000 * slope:.2f} s per 1,000 images")
     left.set_xlabel("training images")
-    left.set_ylabel(f"training time for {args.epochs} epochs (s)")
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+    left.set_ylabel(f"training time for {epochs} (s)")
     left.legend()
     right.plot(images, [r["test_accuracy"] for r in rows], "o-")
     right.set_xlabel("training images")
