@@ -65,8 +65,9 @@ def main():
         print(f"| {r['fraction']:g} | {r['train_images']:,} | {t:.1f} | {fit:.1f} "
               f"({100 * (t - fit) / fit:+.0f}%) | {r['test_accuracy']:.4f} | "
               f"{r['peak_rss_mib']:.0f} |")
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
     print(f"\nTime = {fixed:.1f} s + {1000 * slope:.2f} s per 1,000 training images "
-          f"({args.epochs} epoch{'s' if args.epochs != 1 else ''}; the fixed part is mostly validation on the test set).")
+          f"({epochs}; the fixed part is mostly validation on the test set).")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -77,7 +78,6 @@ def main():
     left.plot([0, images[-1]], [fixed, fixed + slope * images[-1]], ":", color="grey",
               label=f"fitted line: {fixed:.1f} s + {1000 * slope:.2f} s per 1,000 images")
     left.set_xlabel("training images")
-    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
     left.set_ylabel(f"training time for {epochs} (s)")
     left.legend()
     right.plot(images, [r["test_accuracy"] for r in rows], "o-")

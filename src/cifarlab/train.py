@@ -266,6 +266,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         result.planned_steps = plan.steps
         result.planned_epochs = progress.epochs = -(-plan.steps // steps)
         return result.planned_steps, result.planned_epochs
+
     replanning = plan is not None and cfg.schedule in ("linear", "constant")
     epoch = first - 1
     while epoch < epochs and not stop:
