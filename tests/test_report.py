@@ -35,13 +35,15 @@ def test_html_report_is_self_contained_with_every_section(study_dir):
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(href|src)="(https?:)?//', page)  # nothing fetched from a network
-    for heading in ("Settings", "Results", "Learning curves", "Accuracy against the swept "
+    for heading in ("What this study says", "Settings", "Results", "Learning curves", "Accuracy against the swept "
                     "settings", "Confusion matrices and per-class F1", "Most confused class pairs",
                     "Misclassified test images of the best variant"):
         assert f"<h2>{heading}" in page, heading
     assert "SCALED DOWN: at most 2 epochs" in page
     rows = re.findall(r"<tr><td>([^<]*)</td>", page)
-    assert rows == ["base", "frac fraction=0.25", "frac fraction=0.5"]
+    assert rows == ["base", "frac fraction=0.25", "frac fraction=0.5"] * 2  # both tables
+    # The sweep's variants show the images they really trained on, not the bare fraction.
+    assert "<td>85 images, 2 epochs</td>" in page and "<td>340 images, 2 epochs</td>" in page
     assert page.count('class="tile"') > 0  # the gallery of mistakes has images
 
 
@@ -50,7 +52,7 @@ def test_markdown_report_links_pngs_that_exist(study_dir):
     links = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+)\)", md)
     assert len(links) >= 5  # curves, the fraction sweep, three confusion figures
     assert all((study_dir / link).read_bytes()[:4] == b"\x89PNG" for link in links)
-    assert "| base | 2 |" in md
+    assert "| base | 340 images, 2 epochs | 2 |" in md
 
 
 def chromium():
@@ -80,7 +82,7 @@ def test_headless_browser_renders_the_report_without_console_errors(study_dir, t
     assert console_errors(stderr) == [], stderr
     images = len(re.findall(r"<img ", dom))
     assert images >= 6 and f'data-ready="{images}"' in dom  # the page's script ran to the end
-    assert len(re.findall(r"<tr><td>", dom)) == 3
+    assert len(re.findall(r"<tr><td>", dom)) == 6
     shot = study_dir / "report-screenshot.png"
     subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'shot'}",
                     "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],

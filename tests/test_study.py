@@ -141,7 +141,12 @@ def test_study_runs_every_variant_and_seed_and_writes_the_report(tmp_path, data,
     results = collect_study(out)
     assert [len(g.runs) for g in results.groups] == [2, 2, 2] and not results.unfinished
     table = markdown_table(results)
-    assert table.count("\n") == 4 and "baseline" in table and "paired t-test" not in table
+    variants, against = table.split("\n\n")
+    assert variants.count("\n") == 4 and against.count("\n") == 4
+    # Two seeds: the comparisons are shown but give neither a verdict nor a p-value.
+    assert against.count("too few seeds (2; 3 or more give a verdict)") == 2
+    assert "better" not in against and "worse" not in against
+    assert all(row.split(" | ")[5:7] == ["", ""] for row in against.splitlines()[3:])
     labels = json.loads((out / "runs/base/seed-1/config.json").read_text())["labels"]
     assert labels["study"] == "small" and labels["variant"] == "base"
     md = (out / "report.md").read_text()

@@ -24,6 +24,9 @@ HELP = {
               "measured speed and the schedule spans them (replaces --epochs)",
     "progressive": "fraction of the training steps on half-resolution (16x16) images, "
                    "which are 4x cheaper",
+    "bn_reestimate": "batch-norm statistics re-estimated on training images before each "
+                     "evaluation: auto (while a short run's running averages have not caught "
+                     "up), always or never",
     "tta": "test-time augmentation at evaluation: 0 none, 1 flips, 2 flips and 1-pixel shifts",
     "model": "network preset: simple, deep, batchnorm or fast (see `cifarlab models`)",
     "blocks": "number of conv blocks (each ends in a 2x2 max-pool); extra blocks double filters",
@@ -101,6 +104,17 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of whole numbers") from None
+
+
+def _delta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"--equivalence must be a difference in accuracy "
+                                         f"between 0 and 1, e.g. 0.01, got {text!r}")
+    return value
 
 
 def _typed(kind):
@@ -223,6 +237,7 @@ def cmd_study(args) -> int:
     if args.print:
         print(studies.to_toml(st), end="")
         return 0
+    st.command = ["cifarlab"] + [a for a in args.argv]
     from . import report
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
@@ -239,11 +254,11 @@ def cmd_study(args) -> int:
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
         return 130
-    results = report.collect_study(out)
+    results = report.collect_study(out, equivalence=args.equivalence)
     html_path, md_path = report.write(results, out)
     print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
           f"and {md_path}")
-    print(report.markdown_table(results))
+    print(report.terminal_text(results))
     if failed:
         print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
               "re-run the same command to retry them", file=sys.stderr)
@@ -253,9 +268,9 @@ def cmd_study(args) -> int:
 
 def cmd_report(args) -> int:
     from . import report
-    results = report.collect_study(args.dir)
+    results = report.collect_study(args.dir, equivalence=args.equivalence)
     html_path, md_path = report.write(results, args.dir)
-    print(report.markdown_table(results))
+    print(report.terminal_text(results))
     print(f"\nWrote {html_path} and {md_path}")
     return 0
 
@@ -263,7 +278,8 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from . import report
     results = report.collect_runs(args.runs)
-    print(report.markdown_table(results))
+    results.equivalence = args.equivalence
+    print(report.terminal_text(results))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         html_path, md_path = report.write(results, args.out)
@@ -363,10 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
                    help="multiply every variant's training fraction by F")
     p.add_argument("--max-epochs", type=_typed(int), metavar="N", help="cap every run's epochs")
+    p.add_argument("--equivalence", type=_delta, metavar="DELTA",
+                   help="smallest test-accuracy difference of interest, e.g. 0.01: "
+                        "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
     p.set_defaults(func=cmd_study)
 
     p = command("report", "rebuild a study's report.html and report.md from its run folders")
     p.add_argument("dir", metavar="DIR")
+    p.add_argument("--equivalence", type=_delta, metavar="DELTA",
+                   help="smallest test-accuracy difference of interest, e.g. 0.01: "
+                        "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
     p.set_defaults(func=cmd_report)
 
     p = command("predict", "classify your own pictures (any size or format) with a trained run")
@@ -387,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", "compare run folders (or study folders) with statistics over seeds")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="also write report.html and report.md here")
+    p.add_argument("--equivalence", type=_delta, metavar="DELTA",
+                   help="smallest test-accuracy difference of interest, e.g. 0.01: "
+                        "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("unit", "standard")
+BN_REESTIMATE = ("auto", "always", "never")
 
 
 # A recipe is a network and a way to train it, chosen together; settings given explicitly
@@ -100,6 +101,8 @@ class RunConfig:
     budget: str | None = None  # e.g. "5m": train as many steps as fit (replaces epochs)
     progressive: float = 0.0  # fraction of the steps trained on half-resolution images
     tta: int = 0  # test-time augmentation: 0 none, 1 flips, 2 flips and 1-pixel shifts
+    # batch-norm running statistics re-estimated before each evaluation (see normstats.py)
+    bn_reestimate: str = "auto"
     # --- early stopping, like Keras' callback
     early_stopping: str | None = None  # "val_accuracy:10" = metric:patience
     min_delta: float = 0.0
@@ -144,7 +147,8 @@ class RunConfig:
         if self.recipe is not None:
             with_recipe({"recipe": self.recipe})
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("device", DEVICES), ("normalize", NORMALIZE)):
+                              ("device", DEVICES), ("normalize", NORMALIZE),
+                              ("bn_reestimate", BN_REESTIMATE)):
             value = getattr(self, name)
             need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.early_stopping:

@@ -19,9 +19,13 @@ import numpy as np
 from . import rundir, stats
 from .errors import CifarlabError
 
+# Every metric has one definition, the same for every run (see STAT_NOTE).
 METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val accuracy"),
-           ("best_epoch", "best epoch"), ("train_time_s", "train time (s)"),
-           ("overfit_gap", "over-fitting gap"))
+           ("best_epoch", "best epoch"), ("epochs_run", "epochs run"),
+           ("train_time_s", "train time (s)"), ("overfit_gap", "over-fitting gap"))
+BOUNDS = {"test_accuracy": (0.0, 1.0), "best_val_accuracy": (0.0, 1.0),
+          "overfit_gap": (-1.0, 1.0), "train_time_s": (0.0, math.inf)}
+CHANCE = 0.2  # mean test accuracy below this (10 classes: chance 0.1) is "near chance"
 
 
 @dataclass
@@ -29,8 +33,19 @@ class Run:
     path: Path
     seed: int
     config: dict
-    metrics: dict
+    metrics: dict  # metrics.json as written
     history: list[dict]
+
+    @property
+    def values(self) -> dict:
+        """The report's metrics, computed from the history by one definition for every run."""
+        h = self.history
+        vals = [r["val_accuracy"] for r in h]
+        kept = h[min(len(h), int(self.metrics.get("weights_epoch") or len(h))) - 1]
+        return {"test_accuracy": self.metrics["test_accuracy"],
+                "best_val_accuracy": max(vals), "best_epoch": int(np.argmax(vals)) + 1,
+                "epochs_run": len(h), "train_time_s": self.metrics.get("train_time_s"),
+                "overfit_gap": kept["accuracy"] - kept["val_accuracy"]}
 
 
 @dataclass
@@ -41,12 +56,32 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     swept: dict = field(default_factory=dict)
     group: str = ""
+    same_as: str | None = None  # a twin: its runs are this variant's (same settings)
+    effective: dict = field(default_factory=dict)  # settings after the study's scale knobs
 
     def values(self, metric: str) -> dict:
-        return {r.seed: r.metrics[metric] for r in self.runs if r.metrics.get(metric) is not None}
+        return {r.seed: r.values[metric] for r in self.runs
+                if r.values.get(metric) is not None}
 
     def summary(self, metric: str) -> stats.Summary:
-        return stats.summarize(self.values(metric).values())
+        bounds = BOUNDS.get(metric, (1.0, math.inf) if metric in ("best_epoch", "epochs_run")
+                            else (-math.inf, math.inf))
+        return stats.summarize(self.values(metric).values(), bounds)
+
+    @property
+    def images(self) -> int | None:
+        return self.runs[0].config.get("images", {}).get("train") if self.runs else None
+
+    def trained_on(self) -> str:
+        """The settings the runs really had: images, epochs, early stopping."""
+        cfg = self.runs[0].config["settings"] if self.runs else self.effective
+        parts = [f"{self.images:,} images"] if self.images else []
+        if cfg.get("epochs"):
+            parts.append(f"≤{cfg['epochs']} epochs" if cfg.get("early_stopping")
+                         else f"{cfg['epochs']} epochs")
+        if cfg.get("early_stopping"):
+            parts.append(f"early stopping {cfg['early_stopping']}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -57,9 +92,15 @@ class Results:
     settings: dict  # shown at the top of the report
     scale_text: str = ""
     unfinished: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)  # the study's command line, if known
+    equivalence: float | None = None  # smallest difference of interest, for TOST
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
+
+    def origin(self, name: str) -> str:
+        """The variant whose runs `name` shows (itself unless it is a twin)."""
+        return self.group(name).same_as or name
 
 
 # --------------------------------------------------------------------------- collecting
@@ -73,7 +114,7 @@ def _read_run(path: Path) -> Run | None:
                info["history"])
 
 
-def collect_study(out: str | Path) -> Results:
+def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
     out = Path(out)
     try:
         study = json.loads((out / "study.json").read_text())
@@ -84,7 +125,11 @@ def collect_study(out: str | Path) -> Results:
     from .study import slug
     groups, unfinished = [], []
     for v in study["variants"]:
-        g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""))
+        g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""),
+                  same_as=v.get("same_as"), effective=v.get("effective") or {})
+        groups.append(g)
+        if g.same_as:
+            continue  # filled from its twin below
         for seed in study["seeds"]:
             path = out / "runs" / slug(v["name"]) / f"seed-{seed}"
             run = _read_run(path)
@@ -92,13 +137,17 @@ def collect_study(out: str | Path) -> Results:
                 unfinished.append(f"{v['name']} seed {seed}")
             else:
                 g.runs.append(run)
-        groups.append(g)
+    by_name = {g.name: g for g in groups}
+    for g in groups:
+        if g.same_as in by_name:
+            g.runs = by_name[g.same_as].runs
     settings = {"study": study["name"], "description": study.get("description", ""),
                 "source": study.get("source", ""), "seeds": ", ".join(map(str, study["seeds"])),
                 "scale": study.get("scale_text", ""),
                 **{f"default {k}": v for k, v in study.get("defaults", {}).items()}}
     return Results(f"Study {study['name']}", groups, study["baseline"], settings,
-                   study.get("scale_text", ""), unfinished)
+                   study.get("scale_text", ""), unfinished, study.get("command") or [],
+                   equivalence)
 
 
 def collect_runs(paths: list[str | Path]) -> Results:
@@ -111,6 +160,8 @@ def collect_runs(paths: list[str | Path]) -> Results:
     for p in map(Path, paths):
         if (p / "study.json").is_file():
             for g in collect_study(p).groups:
+                if g.same_as:
+                    continue
                 for run in g.runs:
                     _add(groups, f"{p.name}/{g.name}", run, g)
             continue
@@ -144,50 +195,221 @@ def _add(groups: dict, name: str, run: Run, like: Group | None) -> None:
     g.runs.append(run)
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- statistics
+
+
+def comparisons(results: Results) -> dict[str, stats.Comparison | None]:
+    """Each variant's test accuracy against the baseline's, the p-values adjusted together
+    (Holm); None for the baseline, its twins and variants without runs."""
+    base = results.group(results.baseline)
+    found, values = {}, {}
+    for g in results.groups:
+        if results.origin(g.name) == results.origin(base.name) or not g.runs or not base.runs:
+            continue
+        pair = (base.values("test_accuracy"), g.values("test_accuracy"))
+        found[g.name], values[g.name] = stats.compare(*pair), pair
+    decided = stats.decide(found, results.equivalence, values=values)
+    return {g.name: decided.get(g.name) for g in results.groups}
 
 
 def table_rows(results: Results) -> list[dict]:
-    base = results.group(results.baseline)
+    decided = comparisons(results)
     rows = []
     for g in results.groups:
-        row = {"variant": g.name, "seeds": len(g.runs)}
+        row = {"variant": g.name, "seeds": len(g.runs), "trained_on": g.trained_on(),
+               "same_as": g.same_as, "vs_baseline": decided[g.name]}
         for key, _ in METRICS:
             row[key] = g.summary(key)
-        if g.name == results.baseline:
-            row["vs_baseline"] = None
-        elif g.runs and base.runs:
-            row["vs_baseline"] = stats.compare(base.values("test_accuracy"),
-                                               g.values("test_accuracy"))
-        else:
-            row["vs_baseline"] = None
         rows.append(row)
     return rows
 
 
-def _cmp_text(c: stats.Comparison | None, baseline: bool) -> tuple[str, str]:
-    if baseline:
-        return "baseline", ""
+def _same_text(results: Results, name: str) -> str | None:
+    """'same run as X' for a variant whose runs are another's, the baseline's included."""
+    if name == results.baseline:
+        return None
+    mine = results.origin(name)
+    if mine == results.origin(results.baseline):
+        return f"same run as {results.baseline}"
+    return f"same run as {mine}" if mine != name else None
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.2f}"
+
+
+def comparison_cells(results: Results, name: str, c: stats.Comparison | None) -> dict:
+    """The comparison columns of one variant as text."""
+    empty = {"diff": "", "effect": "", "p_sup": "", "test": "", "p": "", "p_adj": "",
+             "verdict": "", "decide": ""}
+    if name == results.baseline:
+        return {**empty, "verdict": "baseline"}
+    same = _same_text(results, name)
+    if same:
+        return {**empty, "verdict": same}
     if c is None:
-        return "no runs", ""
-    if math.isnan(c.ci_low):
-        return f"{c.diff:+.4f}", c.verdict
-    return (f"{c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}] p={c.p_value:.3f}",
-            c.verdict)
+        return {**empty, "verdict": "no runs"}
+    out = dict(empty, test=c.test, verdict=c.verdict, decide=stats.plan_text(c))
+    out["diff"] = _pct(c.diff) if math.isnan(c.ci_low) else \
+        f"{_pct(c.diff)} [{_pct(c.ci_low)}, {_pct(c.ci_high)}]"
+    if not math.isnan(c.effect_size):
+        out["effect"] = f"{c.effect_size:+.2f}"
+    if not math.isnan(c.p_superior):
+        out["p_sup"] = f"{c.p_superior:.2f}"
+    if not math.isnan(c.p_value) and c.n >= stats.MIN_SEEDS:  # no p where no verdict
+        out["p"] = f"{c.p_value:.3f}"
+    if not math.isnan(c.p_adjusted):
+        out["p_adj"] = f"{c.p_adjusted:.3f}"
+    if c.equivalence is not None and not math.isnan(c.p_equivalence):
+        out["test"] += f"; TOST ±{c.equivalence:g}: p={c.p_equivalence:.3f}"
+    if c.seeds_for_target and out["decide"]:
+        command = grow_command(results, c.seeds_for_target)
+        if command:
+            out["decide"] += f": `{command}`"
+    return out
+
+
+def grow_command(results: Results, seeds: int) -> str:
+    """The command that grows the study to `seeds` seeds (finished runs are kept)."""
+    if not results.command:
+        return ""
+    from .study import with_seeds
+    return with_seeds(results.command, seeds)
+
+
+def _digits(key: str) -> int:
+    return 1 if key in ("train_time_s", "best_epoch", "epochs_run") else 4
+
+
+def variant_table(results: Results, rows: list[dict] | None = None) -> str:
+    """Markdown: each variant's metrics over seeds."""
+    head = ["variant", "trained on", "seeds"] + [label for _, label in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows or table_rows(results):
+        cells = [row["variant"], row["trained_on"], str(row["seeds"])]
+        cells += [row[key].text(_digits(key)) for key, _ in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COMPARISON_HEAD = ["variant", "Δ test accuracy, points [95% CI]", "effect size d",
+                   "P(variant > baseline)", "test", "p", "p (Holm)", "verdict",
+                   "what would decide it"]
+COMPARISON_KEYS = ["diff", "effect", "p_sup", "test", "p", "p_adj", "verdict", "decide"]
+
+
+def comparison_table(results: Results, rows: list[dict] | None = None) -> str:
+    """Markdown: each variant against the baseline."""
+    lines = ["| " + " | ".join(COMPARISON_HEAD) + " |", "|" + "---|" * len(COMPARISON_HEAD)]
+    for row in rows or table_rows(results):
+        cells = comparison_cells(results, row["variant"], row["vs_baseline"])
+        lines.append("| " + " | ".join([row["variant"]] + [cells[k] for k in COMPARISON_KEYS])
+                     + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: Results) -> str:
-    head = ["variant", "seeds"] + [label for _, label in METRICS] + \
-        ["Δ test acc. vs baseline [95% CI], p", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table_rows(results):
-        diff, verdict = _cmp_text(row["vs_baseline"], row["variant"] == results.baseline)
-        cells = [row["variant"], str(row["seeds"])]
-        for key, _ in METRICS:
-            digits = 1 if key in ("train_time_s", "best_epoch") else 4
-            cells.append(row[key].text(digits))
-        lines.append("| " + " | ".join(cells + [diff, verdict]) + " |")
-    return "\n".join(lines)
+    rows = table_rows(results)
+    return variant_table(results, rows) + "\n\n" + comparison_table(results, rows)
+
+
+def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
+    """The report's opening: what the study decided, what it could not, what would."""
+    rows = rows or table_rows(results)
+    base = results.baseline
+    out = []
+    if results.scale_text.startswith("SCALED"):
+        sizes = sorted({g.images for g in results.groups if g.images})
+        span = f" on {sizes[0]:,}" + (f" to {sizes[-1]:,}" if len(sizes) > 1 else "") + \
+            " training images" if sizes else ""
+        out.append(f"This study was scaled down ({results.scale_text[len('SCALED DOWN: '):]})"
+                   f" and trained{span}: its answers are about that scale and may not carry "
+                   "over to the full study.")
+    better, worse, equal, open_, few = [], [], [], [], []
+    for row in rows:
+        c = row["vs_baseline"]
+        if c is None or _same_text(results, row["variant"]):
+            continue
+        text = f"{row['variant']} ({_pct(c.diff)} points"
+        if not math.isnan(c.ci_low):
+            text += f" [{_pct(c.ci_low)}, {_pct(c.ci_high)}]"
+        if not math.isnan(c.p_adjusted):
+            text += f", Holm p={c.p_adjusted:.3f}"
+        text += ")"
+        if c.verdict == "better":
+            better.append(text)
+        elif c.verdict == "worse":
+            worse.append(text)
+        elif c.verdict.startswith("equivalent"):
+            equal.append(text)
+        elif c.verdict.startswith("inconclusive"):
+            open_.append((row["variant"], c))
+        elif c.verdict.startswith("too few"):
+            few.append(row["variant"])
+    if better:
+        out.append(f"Better than the baseline {base} in test accuracy: {'; '.join(better)}.")
+    if worse:
+        out.append(f"Worse than the baseline {base}: {'; '.join(worse)}.")
+    if equal:
+        out.append(f"Equivalent to {base} within ±{results.equivalence:g}: {'; '.join(equal)}.")
+    if open_:
+        names = ", ".join(name for name, _ in open_)
+        n = max(c.n for _, c in open_)
+        needed = [c.seeds_for_target for _, c in open_ if c.seeds_for_target]
+        text = (f"Not decided: {names} against {base} (inconclusive with {n} seeds: the "
+                "differences are within seed noise).")
+        if needed:
+            command = grow_command(results, max(needed))
+            text += (f" To detect a 1-point difference in each, the noisiest needs ~"
+                     f"{max(needed)} seeds" + (f": `{command}` (finished runs are kept)."
+                                               if command else "."))
+        out.append(text)
+    if few:
+        command = grow_command(results, stats.MIN_SEEDS)
+        out.append(f"No verdict for {', '.join(few)}: fewer than {stats.MIN_SEEDS} seeds "
+                   "cannot tell a difference from seed noise" +
+                   (f"; run `{command}`." if command else "."))
+    if not (better or worse or equal or open_ or few) and len(results.groups) > 1:
+        out.append("No comparison could be made yet.")
+    for g in results.groups:
+        same = _same_text(results, g.name)
+        if same:
+            out.append(f"{g.name} is the {same} (identical settings at this scale): it is "
+                       "trained once and not compared with itself.")
+    for row in rows:
+        s = row["test_accuracy"]
+        if s.n and s.mean < CHANCE:
+            out.append(f"{row['variant']} is near chance (test accuracy {s.mean:.2f}; 0.10 "
+                       "is guessing): at this scale it has not learnt, so its comparisons "
+                       "say little.")
+    out += _warnings(results)
+    return out
+
+
+def _warnings(results: Results) -> list[str]:
+    out = []
+    for g in results.groups:
+        if g.same_as or not g.runs:
+            continue
+        stale = [r for r in g.runs if (r.metrics.get("batch_norm") or {}).get("mismatch")]
+        if stale:
+            bn = stale[0].metrics["batch_norm"]
+            out.append(f"Batch-norm check failed for {g.name} ({len(stale)} of {len(g.runs)} "
+                       f"runs): in training mode it scores {bn['train_mode_accuracy']:.2f} on "
+                       f"training images, in evaluation mode {bn['eval_mode_accuracy']:.2f}; "
+                       "its running statistics are stale, so re-run it with "
+                       "bn_reestimate = \"always\".")
+        es = g.runs[0].config["settings"].get("early_stopping")
+        if es and not any(r.metrics.get("stopped_epoch") for r in g.runs):
+            out.append(f"Early stopping ({es}) never stopped a run of {g.name}: its patience "
+                       "outlasted the epochs, so it only restored the best epoch's weights.")
+    return out
+
+
+def terminal_text(results: Results) -> str:
+    rows = table_rows(results)
+    return "\n".join(answer(results, rows)) + "\n\n" + variant_table(results, rows) + \
+        "\n\n" + comparison_table(results, rows)
 
 
 # --------------------------------------------------------------------------- figures
@@ -209,6 +431,8 @@ def figure_curves(results: Results) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for i, g in enumerate(results.groups):
         color = plt.cm.tab20(i % 20)
+        if g.same_as:  # its twin's curve is already drawn
+            continue
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
             longest = max((len(r.history) for r in g.runs), default=0)
             if not longest:
@@ -259,19 +483,27 @@ def figure_sweep(name: str, groups: list[Group]) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     numeric = all(isinstance(xval(g.swept[x_key]), (int, float)) for g in groups)
     categories = [] if numeric else list(dict.fromkeys(str(g.swept[x_key]) for g in groups))
+    # A fraction is drawn at the images it really trained on (a scaled study shrinks them).
+    by_images = x_key == "fraction" and all(g.images for g in groups)
+
+    def x_of(g):
+        if by_images:
+            return g.images
+        return g.swept[x_key] if numeric else categories.index(str(g.swept[x_key]))
     for label, gs in lines.items():
-        xs = [g.swept[x_key] if numeric else categories.index(str(g.swept[x_key])) for g in gs]
         s = [g.summary("test_accuracy") for g in gs]
-        err = [0 if math.isnan(v.ci_low) else v.mean - v.ci_low for v in s]
-        ax.errorbar(xs, [v.mean for v in s], yerr=err, marker="o", capsize=3, label=label)
+        err = [[0 if math.isnan(v.ci_low) else v.mean - v.ci_low for v in s],
+               [0 if math.isnan(v.ci_high) else v.ci_high - v.mean for v in s]]
+        ax.errorbar([x_of(g) for g in gs], [v.mean for v in s], yerr=err, marker="o",
+                    capsize=3, label=label)
     if not numeric:
         ax.set_xticks(range(len(categories)), categories)
-    ax.set_xlabel(x_key)
+    ax.set_xlabel("training images" if by_images else x_key)
     ax.set_ylabel("test accuracy (mean, 95% CI)")
     ax.grid(alpha=0.3)
     if x_key == "fraction" and not other:
         ax2 = ax.twinx()
-        ax2.plot([g.swept[x_key] for g in groups],
+        ax2.plot([x_of(g) for g in groups],
                  [g.summary("train_time_s").mean for g in groups], "s--", color="tab:red",
                  label="train time")
         ax2.set_ylabel("training time (s)", color="tab:red")
@@ -374,7 +606,7 @@ def write(results: Results, out: str | Path, gallery: bool = True) -> tuple[Path
             images.append(("sweeps", f"{name}: accuracy against the swept setting",
                            figure_sweep(name, gs)))
     for g in results.groups:
-        png = figure_confusion(g) if g.runs else None
+        png = figure_confusion(g) if g.runs and not g.same_as else None
         if png:
             images.append(("confusion", g.name, png))
     ranked = sorted((g for g in results.groups if g.runs),
@@ -409,9 +641,13 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
     parts = [f"# {results.title}", ""]
     if results.scale_text and results.scale_text.startswith("SCALED"):
         parts += [f"> **{results.scale_text}** — not the full study.", ""]
-    parts += ["## Settings", "", "| setting | value |", "|---|---|"]
+    rows = table_rows(results)
+    parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
+    parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
-    parts += ["", "## Results", "", STAT_NOTE, "", markdown_table(results), ""]
+    parts += ["", "## Results", "", STAT_NOTE, "", "### Each variant over seeds", "",
+              variant_table(results, rows), "", "### Against the baseline", "",
+              COMPARISON_NOTE, "", comparison_table(results, rows), ""]
     if results.unfinished:
         parts += [f"Unfinished runs (left out): {', '.join(results.unfinished)}", ""]
     for i, (section, caption, _) in enumerate(images):
@@ -428,11 +664,25 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
     return "\n".join(parts) + "\n"
 
 
-STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t confidence interval] "
-             "over seeds. Metrics are those of the weights each run kept: the restored best "
-             "epoch with early stopping, else the last epoch. The comparison with the baseline "
-             "is the difference in mean test accuracy, paired by seed (paired t-test) when the "
-             "variants share seeds, else Welch's t-test; verdicts at the 5% level.")
+STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t interval of the mean] "
+             "over seeds; an interval marked * left the metric's range and was cut to it; "
+             "from 10 seeds on, median and interquartile mean (IQM) too. Definitions, the "
+             "same for every run: test accuracy is that of the weights the run kept (the "
+             "restored best epoch with early stopping, else the last epoch); best val "
+             "accuracy is the highest validation accuracy of any epoch, and best epoch is "
+             "that epoch; epochs run counts the epochs trained (fewer than planned when early "
+             "stopping stopped); over-fitting gap is, at the kept epoch, the training "
+             "accuracy over that epoch (as trained, dropout on) minus the validation accuracy "
+             "after it. \"trained on\" gives the settings after the study's scale knobs.")
+COMPARISON_NOTE = ("Δ is the variant's mean test accuracy minus the baseline's, in points, "
+                   "with its 95% interval: paired seed by seed (paired t-test) when the "
+                   "variants share seeds, else Welch's t-test. Effect size: Cohen's d (of the "
+                   "paired differences when paired). P(variant > baseline): the share of "
+                   "(variant, baseline) run pairs the variant wins (Mann-Whitney U). The "
+                   "p-values of all comparisons are adjusted together (Holm) and the verdict "
+                   "reads the adjusted one at 5%; fewer than 3 seeds give no verdict. "
+                   "'What would decide it' comes from the observed spread (noncentral t, "
+                   "80% power, at the strictest Holm threshold).")
 
 
 def _html(results, images, best, gallery, gallery_note, confused) -> str:
@@ -441,23 +691,30 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
     def img(png, alt):
         return (f'<img alt="{e(alt)}" src="data:image/png;base64,'
                 f'{base64.b64encode(png).decode()}">')
-    rows = []
-    for row in table_rows(results):
-        diff, verdict = _cmp_text(row["vs_baseline"], row["variant"] == results.baseline)
-        cells = [f'<td>{e(row["variant"])}</td>',
+    table = table_rows(results)
+    rows, cmp_rows = [], []
+    for row in table:
+        cells = [f'<td>{e(row["variant"])}</td>', f'<td>{e(row["trained_on"])}</td>',
                  f'<td data-v="{row["seeds"]}">{row["seeds"]}</td>']
         for key, _ in METRICS:
             s = row[key]
-            digits = 1 if key in ("train_time_s", "best_epoch") else 4
             value = "" if math.isnan(s.mean) else f"{s.mean}"
-            cells.append(f'<td data-v="{value}">{e(s.text(digits))}</td>')
-        c = row["vs_baseline"]
-        cells.append(f'<td data-v="{"" if c is None else c.diff}">{e(diff)}</td>')
-        cls = verdict.split()[0] if verdict in ("better", "worse") else "same"
-        cells.append(f'<td class="{cls}">{e(verdict)}</td>')
+            cells.append(f'<td data-v="{value}">{e(s.text(_digits(key)))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{e(h)}</th>" for h in ["variant", "seeds"] + [m for _, m in METRICS]
-                   + ["Δ test accuracy vs baseline [95% CI], p", "verdict"])
+        c = row["vs_baseline"]
+        text = comparison_cells(results, row["variant"], c)
+        cls = text["verdict"] if text["verdict"] in ("better", "worse") else \
+            "open" if text["verdict"].startswith(("inconclusive", "too few")) else "same"
+        cells = [f'<td>{e(row["variant"])}</td>',
+                 f'<td data-v="{"" if c is None else c.diff}">{e(text["diff"])}</td>']
+        cells += [f"<td>{e(text[k])}</td>" for k in COMPARISON_KEYS[1:6]]
+        cells.append(f'<td class="{cls}">{e(text["verdict"])}</td>')
+        cells.append(f'<td>{e(text["decide"])}</td>')
+        cmp_rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{e(h)}</th>" for h in ["variant", "trained on", "seeds"]
+                   + [m for _, m in METRICS])
+    cmp_head = "".join(f"<th>{e(h)}</th>" for h in COMPARISON_HEAD)
+    said = "".join(f"<li>{e(line)}</li>" for line in answer(results, table))
     settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in _settings_rows(results))
     banner = ""
@@ -488,6 +745,9 @@ th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-a
 #results th {{ cursor: pointer; background: #f3f5f8; }}
 #results th:hover {{ background: #e3e8ef; }}
 td.better {{ color: #0a7d2c; font-weight: bold; }} td.worse {{ color: #b00020; font-weight: bold; }}
+td.open {{ color: #8a6d00; }} td.same {{ color: #555; }}
+ul.answer {{ font-size: 15px; background: #f6f8fb; border-left: 4px solid #3b6ea5;
+             padding: .6em 1em .6em 2em; }} ul.answer li {{ margin: .3em 0; }}
 .banner {{ background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }}
 figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 13px; }}
@@ -498,10 +758,16 @@ figcaption {{ color: #555; font-size: 13px; }}
 </style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
+<h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>
 <p class="note">{e(STAT_NOTE)} Click a column heading to sort.</p>
+<h3>Each variant over seeds</h3>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+<h3>Against the baseline</h3>
+<p class="note">{e(COMPARISON_NOTE)}</p>
+<table id="comparisons"><thead><tr>{cmp_head}</tr></thead>
+<tbody>{"".join(cmp_rows)}</tbody></table>
 {unfinished}
 <h2>Learning curves</h2>{"".join(sections["curves"]) or "<p>No finished runs.</p>"}
 <h2>Accuracy against the swept settings</h2>{"".join(sections["sweeps"]) or

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, distributed, models, plots, rundir, trackers
+from . import __version__, distributed, models, normstats, plots, rundir, trackers
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError
@@ -196,6 +196,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             return RunResult(out, cfg, net, result, None, {})
         ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta)
         metrics = summarize(cfg, result, ev, device, group)
+        metrics["batch_norm"] = batch_norm_record(net, train_b, cfg, result)
         write_outputs(out, net, result.history, ev, metrics)
         (out / rundir.CHECKPOINT).unlink(missing_ok=True)  # the finished run no longer needs it
         for view in views:
@@ -305,6 +306,25 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
                       for name, r in ev.report_dict().items() if name in ev.classes},
         "environment": environment(device, group),
     }
+
+
+def batch_norm_record(net: nn.Module, train: Batches, cfg: RunConfig,
+                      result: FitResult) -> dict | None:
+    """What was done to the batch-norm statistics, and whether the kept network agrees with
+    itself in training and evaluation mode on the same training images (None without
+    batch norm)."""
+    if not normstats.norm_layers(net):
+        return None
+    images, labels = normstats.training_batches(train, cfg.batch_size, cfg.split_seed,
+                                                normstats.CHECK_IMAGES)
+    train_acc, eval_acc = normstats.mode_agreement(net, images, labels)
+    kept = result.weights_epoch in result.bn_reestimated
+    return {"setting": cfg.bn_reestimate, "reestimated_epochs": result.bn_reestimated,
+            "kept_weights": "re-estimated over training images" if kept
+            else "running averages from training",
+            "sample_images": sum(len(x) for x in images),
+            "train_mode_accuracy": train_acc, "eval_mode_accuracy": eval_acc,
+            "mismatch": train_acc - eval_acc > normstats.MISMATCH}
 
 
 def write_outputs(out: Path, net: nn.Module, history: list[dict], ev: Evaluation,

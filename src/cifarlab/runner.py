@@ -61,11 +61,12 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
         if old.get("name") not in (None, study.name):
             raise CifarlabError(f"{out} holds the study {old.get('name')!r}, not {study.name!r}; "
                                 "choose another --out")
+    defaults = RunConfig().to_dict()  # a setting added since a run was made has its default
     for t in tasks:
         if rundir.is_finished(t.path):
             saved = json.loads((t.path / "config.json").read_text())["settings"]
             planned = t.cfg.with_absolute_data().to_dict()
-            changed = sorted(k for k in planned if saved.get(k) != planned[k])
+            changed = sorted(k for k in planned if saved.get(k, defaults[k]) != planned[k])
             if changed:
                 raise CifarlabError(
                     f"the finished run {t.path} was trained with other settings "

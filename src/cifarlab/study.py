@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig, check_settings, load_toml, with_recipe
+from .early_stopping import parse_spec
 from .errors import CifarlabError
 
 STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant"}
@@ -83,26 +84,77 @@ class Study:
     baseline: str
     source: str = ""  # the file or built-in it came from
     scale: Scale = field(default_factory=Scale)
+    command: list[str] = field(default_factory=list)  # the command line that ran it, if any
 
     def config(self, variant: Variant, seed: int) -> RunConfig:
-        """The resolved settings of one run, with the scale knobs applied."""
+        """The resolved settings of one run, with the scale knobs applied so that the
+        variant keeps its meaning: early stopping's patience and warm-up shrink with the
+        epochs (a patience of 10 in 50 epochs is 1 in 5), and the data fraction multiplies
+        the variant's own (the study's data shrinks, its sweep keeps its proportions)."""
         values = {**self.defaults, **variant.settings, "seed": seed}
         cfg = RunConfig(**with_recipe(values))
         epochs = max(1, round(cfg.epochs * self.scale.epochs_scale))
         if self.scale.max_epochs is not None:
             epochs = min(epochs, self.scale.max_epochs)
-        return dataclasses.replace(cfg, epochs=epochs, fraction=cfg.fraction * self.scale.fraction)
+        ratio = epochs / cfg.epochs
+        changes = {"epochs": epochs, "fraction": cfg.fraction * self.scale.fraction}
+        if ratio != 1 and cfg.early_stopping:
+            metric, patience = parse_spec(cfg.early_stopping)
+            changes["early_stopping"] = f"{metric}:{max(1, round(patience * ratio))}"
+            changes["start_from_epoch"] = round(cfg.start_from_epoch * ratio)
+        return dataclasses.replace(cfg, **changes)
+
+    def twins(self) -> dict[str, str]:
+        """Variants whose runs would be exactly another's (the same settings once the scale
+        knobs are applied), mapped to the first variant with those settings: they are
+        trained once and reported as the same run, never compared with themselves."""
+        first: dict[str, str] = {}
+        out = {}
+        for v in self.variants:
+            key = repr(sorted(self.config(v, 0).to_dict().items()))
+            if key in first:
+                out[v.name] = first[key]
+            else:
+                first[key] = v.name
+        return out
 
     def runs(self) -> list[tuple[Variant, int]]:
-        return [(v, s) for v in self.variants for s in self.seeds]
+        """Every (variant, seed) to train: a twin variant (see `twins`) has none of its own."""
+        twins = self.twins()
+        return [(v, s) for v in self.variants if v.name not in twins for s in self.seeds]
 
     def to_dict(self) -> dict:
+        twins = self.twins()
         return {"name": self.name, "description": self.description, "seeds": self.seeds,
                 "baseline": self.baseline, "source": self.source,
                 "scale": dataclasses.asdict(self.scale), "scale_text": self.scale.describe(),
-                "defaults": _plain(self.defaults),
+                "command": self.command, "defaults": _plain(self.defaults),
                 "variants": [{"name": v.name, "settings": _plain(v.settings), "swept": v.swept,
-                              "group": v.group} for v in self.variants]}
+                              "group": v.group, "same_as": twins.get(v.name),
+                              "effective": _effective(self.config(v, 0))}
+                             for v in self.variants]}
+
+
+def with_seeds(command: list[str], seeds: int) -> str:
+    """`command` (a study's command line) with its seed count set to `seeds`: the command
+    that grows the study; its finished runs are kept, only the new seeds train."""
+    out, skip = [], False
+    for word in command:
+        if skip:
+            skip = False
+            continue
+        if word == "--seeds":
+            skip = True
+            continue
+        if not word.startswith("--seeds="):
+            out.append(word)
+    return " ".join(out + ["--seeds", str(seeds)])
+
+
+def _effective(cfg: RunConfig) -> dict:
+    """The settings a scaled run really trains with, as the report shows them."""
+    return {"epochs": cfg.epochs, "fraction": cfg.fraction,
+            "early_stopping": cfg.early_stopping, "start_from_epoch": cfg.start_from_epoch}
 
 
 def _plain(settings: dict) -> dict:

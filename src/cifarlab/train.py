@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import normstats
 from .augment import parse as parse_augment
 from .config import RunConfig, parse_budget
 from .early_stopping import EarlyStopping, parse_spec
@@ -154,6 +155,8 @@ class FitResult:
     planned_steps: int = 0
     planned_epochs: int = 0
     compile_s: float = 0.0  # torch.compile and its warm-up, not part of train_time_s
+    bn_reestimated: list[int] = field(default_factory=list)  # epochs validated on re-estimated
+    # batch-norm statistics (normstats.py)
 
 
 def make_tracker(cfg: RunConfig) -> EarlyStopping:
@@ -245,6 +248,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         set_rng_state(resume["rng"])
         result.history = [dict(row) for row in resume["history"]]
         result.train_time_s = resume["train_time_s"]
+        result.bn_reestimated = list(resume.get("bn_reestimated", []))
         first, stop = resume["epoch"] + 1, resume["stopped"]
         result.stopped_early = stop
     progress = Progress(epochs, steps, enabled=verbose)
@@ -336,6 +340,10 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             raise diverged(epoch, steps, cfg)
         val_start = time.perf_counter()
         phase_s[epoch_steps[1] > 0] += val_start - mark
+        if normstats.should_reestimate(net, done_steps, cfg.bn_reestimate):
+            normstats.reestimate(net, normstats.training_batches(
+                train, train.batch_size // world, cfg.split_seed)[0])
+            result.bn_reestimated.append(epoch)
         val_loss, val_acc = validate(net, val, group)
         val_s = time.perf_counter() - val_start
         row = {"epoch": epoch, "loss": train_loss, "accuracy": correct.item() / seen,
@@ -361,7 +369,8 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
                         "optimizer": opt.state_dict(),
                         "schedule": schedule.state_dict() if schedule is not None else None,
                         "tracker": tracker.state_dict(), "rng": rng_state(),
-                        "history": result.history, "train_time_s": result.train_time_s})
+                        "history": result.history, "train_time_s": result.train_time_s,
+                        "bn_reestimated": result.bn_reestimated})
         if on_epoch_end is not None:
             on_epoch_end(row)
         if stop and verbose:
