@@ -124,3 +124,15 @@ def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO
                 tar.addfile(info)
     buf.seek(0)
     return buf
+
+
+def hold_lock(folder: Path):
+    """A separate process that holds cifarlab's lock on `folder` until killed."""
+    import subprocess
+    import sys
+    code = ("import sys, time\nfrom cifarlab import rundir\nwith rundir.lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

@@ -172,3 +172,22 @@ def test_a_single_process_run_has_no_distributed_record(data_dir, tmp_path):
     result = train_run(RunConfig(**SETTINGS, data=str(data_dir)), tmp_path / "r", verbose=False)
     assert json.loads((result.path / "config.json").read_text())["distributed"] is None
     assert "distributed" not in result.metrics["environment"]
+
+
+def test_nproc_with_missing_data_is_one_sentence_before_any_process_starts(tmp_path):
+    done = cifarlab(["train", "--nproc", "2", *flags(tmp_path / "nowhere"), "--out",
+                     str(tmp_path / "r")], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("cifarlab: error: ")
+    assert "nowhere" in done.stderr and "torchrun" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_nproc_with_bad_input_met_inside_the_processes_is_one_sentence(data_dir, tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    done = cifarlab(["train", "--nproc", "2", *flags(data_dir), "--out",
+                     str(tmp_path / "taken")], cwd=tmp_path, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"cifarlab: error: --out {tmp_path / 'taken'} is a file, not a folder; choose another "
+        "--out"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import Tiny
+from conftest import Tiny, hold_lock
 
 from cifarlab import RunConfig, load_cifar10, rundir, train_run
 from cifarlab.cli import main
@@ -106,15 +106,15 @@ def test_a_second_process_on_the_same_run_folder_is_refused(dataset, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
         train_run(config(), out, data=dataset, verbose=False, on_epoch_end=crash_after(1))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper = hold_lock(out)
     try:
-        (out / ".lock").write_text(str(sleeper.pid))
         with pytest.raises(CifarlabError, match=f"in use by process {sleeper.pid}"):
             train_run(None, out, data=dataset, verbose=False, resume=True)
     finally:
         sleeper.kill()
         sleeper.wait()
-    # The owner is gone now: its stale lock is taken over.
+    # The owner was killed (its lock file is left behind): the lock is taken over.
+    assert (out / ".lock").exists()
     train_run(None, out, data=dataset, verbose=False, resume=True)
     assert rundir.is_finished(out) and not (out / ".lock").exists()
 

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import Tiny
+from conftest import Tiny, hold_lock
 
 from cifarlab import runner, study
 from cifarlab.cli import main
@@ -220,9 +220,23 @@ def test_compare_groups_run_folders_from_different_studies(tmp_path, data, capsy
     assert main(["compare", str(tmp_path / "a")]) == 0
 
 
-def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path, data):
+def group_pids(group: int) -> set[int]:
+    """Live processes of a process group (a study started in its own session and the job
+    processes it spawned), read from /proc."""
     import os
-    import signal
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def start_long_study(tmp_path, data):
     import subprocess
     import sys
     import time
@@ -236,6 +250,58 @@ def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("runs/*/seed-*/checkpoint.pt")):
         time.sleep(0.1)
+    workers = group_pids(proc.pid) - {proc.pid}
+    assert len(workers) >= 2  # the job processes (and multiprocessing's helper)
+    return proc, cmd, out, workers
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    import time
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        alive = {p for p in pids if _alive(p)}
+        if not alive:
+            return alive
+        time.sleep(0.2)
+    return {p for p in pids if _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return stat[0] != "Z"
+
+
+@pytest.mark.parametrize("how,code", [("SIGTERM", 143), ("SIGKILL", None)])
+def test_a_killed_study_leaves_no_worker_training_and_a_rerun_completes_it(tmp_path, data,
+                                                                          how, code):
+    import os
+    import signal
+    import subprocess
+    import time
+    proc, cmd, out, workers = start_long_study(tmp_path, data)
+    started = time.time()
+    os.kill(proc.pid, getattr(signal, how))  # the study process alone, as `kill` does
+    proc.wait(timeout=90)
+    # After SIGKILL the jobs notice that the study is gone and stop within ~30 s.
+    assert wait_gone(workers, 45) == set()
+    err = proc.stderr.read()
+    if code is not None:
+        assert proc.returncode == code and time.time() - started < 30, err
+        assert "re-run the same command" in err and "Traceback" not in err
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = collect_study(out)
+    assert [len(g.runs) for g in results.groups] == [2, 2, 2] and not results.unfinished
+
+
+def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path, data):
+    import os
+    import signal
+    import subprocess
+    proc, cmd, out, workers = start_long_study(tmp_path, data)
     finished_at_signal = {p.parent for p in out.glob("runs/*/seed-*/metrics.json")}
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, err = proc.communicate(timeout=90)
@@ -252,8 +318,7 @@ def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path
         saved = (p / "history.csv").read_text().count("\n") - 1 \
             if (p / "history.csv").exists() else 0  # epoch has none, and starts over
         assert saved == 0 or (p / "checkpoint.pt").is_file()
-    alive = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
-    assert alive.strip() == ""  # no job process left behind
+    assert wait_gone(workers, 10) == set()  # no job process left behind
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = collect_study(out)
@@ -262,17 +327,69 @@ def test_ctrl_c_stops_a_parallel_study_at_once_and_a_rerun_completes_it(tmp_path
 
 
 def test_a_second_study_process_on_the_same_folder_is_refused(tmp_path, data, capsys):
-    import subprocess
-    import sys
     path = toml_study(tmp_path, data, body='[[variant]]\nname = "a"\n', seeds=1)
     out = tmp_path / "out"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper = hold_lock(out)
     try:
-        (out / ".lock").write_text(str(sleeper.pid))
         assert main(["study", str(path), "--out", str(out)]) == 2
         assert f"is in use by process {sleeper.pid}" in capsys.readouterr().err
         assert not (out / "runs").exists()
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_scaling_epochs_scales_early_stopping_patience_and_warm_up():
+    s = load("seed")
+    full = {v.name: s.config(v, 0) for v in s.variants}
+    assert full["part3-es-val_accuracy"].early_stopping == "val_accuracy:10"
+    scaled = apply_scale(s, Scale(max_epochs=10))
+    cfg = {v.name: scaled.config(v, 0) for v in scaled.variants}
+    # 10 of 50 epochs: patience 10 -> 2, so early stopping can still stop a run
+    assert cfg["part3-es-val_accuracy"].early_stopping == "val_accuracy:2"
+    assert cfg["part3-es-val_loss"].early_stopping == "val_loss:2"
+    assert cfg["part1-simple"].early_stopping is None and cfg["part1-simple"].epochs == 10
+    tiny = apply_scale(s, Scale(max_epochs=2))
+    assert tiny.config(tiny.variants[2], 0).early_stopping == "val_accuracy:1"  # never 0
+    warm = parse({"name": "w", "variant": [{"name": "a", "epochs": 20, "start_from_epoch": 4,
+                                            "early_stopping": "val_loss:6"}]}, "w")
+    warm = apply_scale(warm, Scale(epochs_scale=0.5))
+    cfg = warm.config(warm.variants[0], 0)
+    assert (cfg.epochs, cfg.early_stopping, cfg.start_from_epoch) == (10, "val_loss:3", 2)
+
+
+def test_variants_the_scale_makes_identical_are_one_run():
+    s = apply_scale(load("seed"), Scale(max_epochs=4))
+    assert s.twins() == {"part5-batchnorm fraction=1": "part4-batchnorm"}
+    trained = {v.name for v, _ in s.runs()}
+    assert "part5-batchnorm fraction=1" not in trained and "part4-batchnorm" in trained
+    recorded = {v["name"]: v for v in s.to_dict()["variants"]}
+    assert recorded["part5-batchnorm fraction=1"]["same_as"] == "part4-batchnorm"
+    assert recorded["part5-batchnorm fraction=0.1"]["effective"]["early_stopping"] == \
+        "val_accuracy:1"
+
+
+def test_grow_command_replaces_the_seed_count():
+    assert study.with_seeds(["cifarlab", "study", "seed", "--seeds", "2", "--jobs", "2"], 7) == \
+        "cifarlab study seed --jobs 2 --seeds 7"
+    assert study.with_seeds(["cifarlab", "study", "x.toml", "--seeds=3"], 5) == \
+        "cifarlab study x.toml --seeds 5"
+
+
+def test_two_identical_variants_are_reported_as_one_run_and_never_compared(tmp_path, data,
+                                                                          capsys):
+    body = '[[variant]]\nname = "a"\n[[variant]]\nname = "b"\nlr = 0.001\n'  # 0.001 = default
+    path = toml_study(tmp_path, data, body=body, seeds=2)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["a"]  # trained once
+    assert "b is the same run as a (identical settings at this scale)" in printed
+    md = (out / "report.md").read_text()
+    assert "| b |" in md and "same run as a" in md
+    assert "better" not in md and "worse" not in md
+    results = collect_study(out)
+    for g in results.groups:
+        s = g.summary("test_accuracy")
+        assert s.n == 2 and 0 <= s.ci_low <= s.mean <= s.ci_high <= 1

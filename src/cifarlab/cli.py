@@ -6,6 +6,7 @@ Bad input of any kind ends in one sentence on stderr and exit code 2, never a tr
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -178,6 +179,10 @@ def cmd_train(args) -> int:
     if args.nproc is not None and not distributed.launched():
         if args.sync_bn and resolve_device(cfg.device).type != "cuda":
             raise CifarlabError(distributed.SYNC_BN_CPU)
+        # Bad settings or data are one sentence here, before any process starts; decoding
+        # the data here also leaves it cached for every process.
+        from .data import load_cifar10
+        load_cifar10(cfg.validate().data, progress=not args.quiet)
         return distributed.launch(args.nproc, strip_option(args.argv, "--nproc"))
     train_run(cfg, out=args.out, verbose=not args.quiet, track=parse_trackers(args.track),
               mlflow_uri=args.mlflow_uri, sync_bn=args.sync_bn)
@@ -250,10 +255,10 @@ def cmd_study(args) -> int:
         elif args.address:
             raise CifarlabError("--address is for --executor ray; add --executor ray or drop it")
         failed = run_study(st, out, jobs=args.jobs, ray=ray)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train.Interrupted carries it)
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
     results = report.collect_study(out, equivalence=args.equivalence)
     html_path, md_path = report.write(results, out)
     print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
@@ -331,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an unfinished run from its last complete epoch")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="take over a lock that another host left on the folder (only when "
+                        "that run is really gone)")
     p.add_argument("--track", metavar="KIND", help="also log to tensorboard, mlflow or both "
                    "(comma-separated); needs pip install 'cifarlab[trackers]'")
     p.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default "
@@ -379,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
                    help="multiply every variant's training fraction by F")
     p.add_argument("--max-epochs", type=_typed(int), metavar="N", help="cap every run's epochs")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="take over a lock that another host left on the folder (only when "
+                        "that run is really gone)")
     p.add_argument("--equivalence", type=_delta, metavar="DELTA",
                    help="smallest test-accuracy difference of interest, e.g. 0.01: "
                         "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
@@ -424,9 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a flag argparse could not parse
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
+    if getattr(args, "force_unlock", False):  # read by rundir.lock, in job processes too
+        from .rundir import FORCE_UNLOCK
+        os.environ[FORCE_UNLOCK] = "1"
     try:
         return args.func(args)
     except CifarlabError as e:
+        if distributed.launched():
+            distributed.report_error(e)
         if distributed.should_report(e):
             print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -20,7 +20,9 @@ import datetime
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -170,11 +172,37 @@ def launch(nproc: int, argv: list[str]) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "cifarlab", *argv]
-    try:
-        code = subprocess.run(cmd, env=env).returncode
-    except KeyboardInterrupt:  # torchrun forwards the signal to its workers and exits
-        return 130
-    if code != 0:
-        print(f"cifarlab: error: the data-parallel job failed (torchrun exited with code {code}); "
-              "the first failing process's error is printed above", file=sys.stderr)
-    return code
+    with tempfile.TemporaryDirectory(prefix="cifarlab-ddp-") as tmp:
+        env[ERROR_FILE] = os.path.join(tmp, "error")
+        try:
+            # torchrun's stderr is held back: on bad input it adds a traceback banner per
+            # rank to the one sentence rank 0 already wrote (see report_error).
+            proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        except KeyboardInterrupt:  # torchrun forwards the signal to its workers and exits
+            return 130
+        said = Path(env[ERROR_FILE]).read_text() if Path(env[ERROR_FILE]).is_file() else ""
+    if proc.returncode != 0 and said:
+        print(f"cifarlab: error: {said}", file=sys.stderr)
+        return 2
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        print(f"cifarlab: error: the data-parallel job failed (torchrun exited with code "
+              f"{proc.returncode}); the first failing process's error is printed above",
+              file=sys.stderr)
+    return proc.returncode
+
+
+ERROR_FILE = "CIFARLAB_DDP_ERROR_FILE"
+
+
+def report_error(error: CifarlabError) -> None:
+    """In a process that `launch` started: hand a bad-input sentence to the launcher, which
+    prints it alone and exits 2 (the first process to fail writes it)."""
+    path = os.environ.get(ERROR_FILE)
+    if path and not getattr(error, "quiet", False) and not getattr(error, "every_rank", False):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(error))

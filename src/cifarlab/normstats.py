@@ -91,13 +91,14 @@ def mode_agreement(net: nn.Module, images, labels: torch.Tensor) -> tuple[float,
     was_training = net.training
     net.eval()
     eval_pred = torch.cat([net(x).argmax(1) for x in images])
-    momenta = [m.momentum for m in layers]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
         m.momentum = 0.0  # batch statistics used, running ones left as they are
         m.train()
     train_pred = torch.cat([net(x).argmax(1) for x in images])
-    for m, momentum in zip(layers, momenta):
+    for m, (momentum, tracked) in zip(layers, saved):
         m.momentum = momentum
+        m.num_batches_tracked.copy_(tracked)
     net.train(was_training)
     labels = labels.to(eval_pred.device)
     return ((train_pred == labels).float().mean().item(),

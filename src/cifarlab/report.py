@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val a
            ("train_time_s", "train time (s)"), ("overfit_gap", "over-fitting gap"))
 BOUNDS = {"test_accuracy": (0.0, 1.0), "best_val_accuracy": (0.0, 1.0),
           "overfit_gap": (-1.0, 1.0), "train_time_s": (0.0, math.inf)}
+PRACTICAL_SEEDS = 30  # above this, growing the study is not the way to decide
 CHANCE = 0.2  # mean test accuracy below this (10 classes: chance 0.1) is "near chance"
 
 
@@ -116,12 +116,10 @@ def _read_run(path: Path) -> Run | None:
 
 def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
     out = Path(out)
-    try:
-        study = json.loads((out / "study.json").read_text())
-    except (OSError, ValueError):
-        raise CifarlabError(f"{out} is not a study folder (no readable study.json); run "
-                            "`cifarlab study` there first, or use `cifarlab compare` on run "
-                            "folders") from None
+    if not (out / "study.json").is_file():
+        raise CifarlabError(f"{out} is not a study folder (no study.json); run `cifarlab "
+                            "study` there first, or use `cifarlab compare` on run folders")
+    study = rundir.read_json(out / "study.json", ("name", "seeds", "variants", "baseline"))
     from .study import slug
     groups, unfinished = [], []
     for v in study["variants"]:
@@ -358,7 +356,10 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
         needed = [c.seeds_for_target for _, c in open_ if c.seeds_for_target]
         text = (f"Not decided: {names} against {base} (inconclusive with {n} seeds: the "
                 "differences are within seed noise).")
-        if needed:
+        if needed and max(needed) > PRACTICAL_SEEDS:
+            text += (f" A 1-point difference would need ~{max(needed)} seeds: at this scale "
+                     "it is lost in seed noise; more data or epochs per run lower the noise.")
+        elif needed:
             command = grow_command(results, max(needed))
             text += (f" To detect a 1-point difference in each, the noisiest needs ~"
                      f"{max(needed)} seeds" + (f": `{command}` (finished runs are kept)."

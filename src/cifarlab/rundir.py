@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import os
 import pickle
+import socket
 import tempfile
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise CifarlabError(f"cannot write {path} ({e.strerror}); free some space or choose "
@@ -52,6 +55,46 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:  # e.g. a second Ctrl-C: the old file stays, the temp file goes
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename into it survives a power cut once reported done."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder; the rename itself is atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def damaged(path: Path, why: str) -> CifarlabError:
+    return CifarlabError(f"{path} is damaged ({why}); nothing was changed: restore the file, "
+                         "or move its folder aside and run again")
+
+
+def read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object that cifarlab wrote, refused in one sentence if truncated, edited into
+    something else, or from a newer cifarlab."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise damaged(path, "not text") from None
+    except ValueError:
+        raise damaged(path, "not valid JSON") from None
+    if not isinstance(value, dict):
+        raise damaged(path, "not a JSON object")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise damaged(path, f"no {missing[0]!r}")
+    version = value.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CifarlabError(f"{path} was written by a newer cifarlab (format {version}, this "
+                            f"one reads up to {FORMAT_VERSION}); upgrade cifarlab")
+    return value
 
 
 def write_json(path: Path, obj) -> None:
@@ -69,10 +112,12 @@ def _jsonable(o):
 
 
 def is_finished(run: Path) -> bool:
-    try:
-        return json.loads((Path(run) / "metrics.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError, AttributeError):
+    """Whether `run` holds a finished run; a damaged metrics.json is refused, never taken
+    for an unfinished run (whose folder a study would clear)."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
         return False
+    return read_json(path).get("status") == "finished"
 
 
 def create(out: Path) -> Path:
@@ -108,9 +153,20 @@ def history_csv(rows: list[dict]) -> str:
 
 
 def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+    except (UnicodeDecodeError, csv.Error):
+        raise damaged(path, "not a CSV table") from None
+    except (TypeError, ValueError):  # a short row (None) or a cell that is not a number
+        raise damaged(path, "a row is cut short or holds something other than numbers") \
+            from None
+    if rows and set(rows[0]) != set(HISTORY_COLUMNS):
+        raise damaged(path, f"its columns are not {', '.join(HISTORY_COLUMNS)}")
+    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)):
+        raise damaged(path, "its epochs are not 1, 2, 3, ...")
+    return rows
 
 
 def save_weights(path: Path, net: nn.Module, metadata: dict | None = None) -> None:
@@ -154,53 +210,90 @@ def load_checkpoint(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     try:
-        return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+        state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     except Exception as e:  # UnpicklingError for forbidden globals, others for damage
         reason = "it holds code or objects that are not weights" if \
             isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}"
         raise CifarlabError(f"refusing to load the checkpoint {path} ({reason}); start a new "
                             "run instead") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise damaged(path, f"no {missing[0]!r}")
+    return state
+
+
+CHECKPOINT_KEYS = ("epoch", "stopped", "model", "optimizer", "tracker", "rng", "history",
+                   "train_time_s", "config_hash")
+
+
+FORCE_UNLOCK = "CIFARLAB_FORCE_UNLOCK"  # set by --force-unlock; seen by spawned workers too
 
 
 @contextlib.contextmanager
 def lock(run: Path):
-    """Hold `run` for this process: a second process pointed at it is refused. A lock left
-    by a process that no longer exists is taken over, and so are the temporary files a
-    killed writer may have left."""
-    path = Path(run) / ".lock"
-    for _ in range(2):
+    """Hold `run` for this process: a second process pointed at it is refused, naming the
+    host and process that holds it.
+
+    The lock is an advisory `flock` on `run/.lock`, which the kernel drops when its holder
+    dies, so a crashed run's lock is simply taken over on the same host. The file also
+    records the holder's host and pid: on storage shared between hosts, where `flock` may
+    not reach across machines, a lock file another host left is refused unless the user
+    breaks it deliberately (`--force-unlock`). Temporary files a killed writer left are
+    removed."""
+    run = Path(run)
+    path = run / ".lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(20):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                owner = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _alive(owner):
-                raise CifarlabError(f"{run} is in use by process {owner}; wait for it to end "
-                                    "or stop it, then try again") from None
-            path.unlink(missing_ok=True)  # its owner is gone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise CifarlabError(f"{run} is in use by {_owner_text(owner)}; wait for it to end "
+                                "or stop it, then try again") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder removed the file between our open and our lock: again
+            os.close(fd)
+            continue
+        owner = _read_owner(fd)
+        host = owner.split(" ")[0] if owner else ""
+        if host and host != socket.gethostname() and not os.environ.get(FORCE_UNLOCK):
+            os.close(fd)
+            raise CifarlabError(
+                f"{run} is locked by {_owner_text(owner)}; a run on another host cannot be "
+                "checked from here, so if it is really gone, break the lock deliberately "
+                "with --force-unlock")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        os.fsync(fd)
+        break
     else:
         raise CifarlabError(f"cannot lock {run}; another process keeps taking it")
-    for stale in Path(run).glob(".*.tmp"):
+    for stale in run.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         yield
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # before the unlock: a waiter then retries (see above)
+        os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def _read_owner(fd: int) -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _owner_text(owner: str) -> str:
+    host, _, pid = owner.partition(" ")
+    if not pid:
+        return "another process"
+    return f"process {pid}" + (f" on host {host}" if host != socket.gethostname() else "")
 
 
 def load_run(run: str | Path) -> dict:
@@ -208,16 +301,17 @@ def load_run(run: str | Path) -> dict:
     run = Path(run)
     if not (run / "config.json").is_file():
         raise CifarlabError(f"{run} is not a cifarlab run folder (no config.json)")
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except ValueError:
-        raise CifarlabError(f"{run / 'config.json'} is not valid JSON; the run folder is "
-                            "damaged") from None
-    version = config.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise CifarlabError(f"{run} was written by a newer cifarlab (run format {version}, this "
-                            f"one reads up to {FORMAT_VERSION}); upgrade cifarlab")
+    config = read_json(run / "config.json", ("settings", "network", "classes"))
+    if not isinstance(config["settings"], dict) or not isinstance(config["network"], dict):
+        raise damaged(run / "config.json", "its settings are not a table")
     history = read_history(run / "history.csv") if (run / "history.csv").is_file() else []
-    metrics = json.loads((run / "metrics.json").read_text()) \
-        if (run / "metrics.json").is_file() else {}
+    metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    if metrics.get("status") == "finished":
+        if not history:
+            raise damaged(run / "history.csv", "a finished run needs its history")
+        if not isinstance(metrics.get("test_accuracy"), (int, float)):
+            raise damaged(run / "metrics.json", "no test accuracy")
+        if metrics.get("epochs_run", len(history)) != len(history):
+            raise damaged(run / "history.csv", f"{len(history)} epochs where metrics.json "
+                          f"counts {metrics['epochs_run']}")
     return {"path": run, "config": config, "history": history, "metrics": metrics}

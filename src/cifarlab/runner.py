@@ -12,13 +12,15 @@ progress display.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -54,17 +56,14 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
     """Refuse to mix a changed study into a folder that holds another one's finished runs."""
     recorded = out / "study.json"
     if recorded.is_file():
-        try:
-            old = json.loads(recorded.read_text())
-        except ValueError:
-            old = {}
+        old = rundir.read_json(recorded)
         if old.get("name") not in (None, study.name):
             raise CifarlabError(f"{out} holds the study {old.get('name')!r}, not {study.name!r}; "
                                 "choose another --out")
     defaults = RunConfig().to_dict()  # a setting added since a run was made has its default
     for t in tasks:
         if rundir.is_finished(t.path):
-            saved = json.loads((t.path / "config.json").read_text())["settings"]
+            saved = rundir.read_json(t.path / "config.json", ("settings",))["settings"]
             planned = t.cfg.with_absolute_data().to_dict()
             changed = sorted(k for k in planned if saved.get(k, defaults[k]) != planned[k])
             if changed:
@@ -95,8 +94,38 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
     except OSError as e:
         raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
                             "writable --out") from None
-    with rundir.lock(out):  # a second study process on this folder is refused
+    with rundir.lock(out), _terminate_as_interrupt():  # a second study process is refused
         return _run_locked(study, out, jobs, verbose, tasks, ray)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (`kill PID`) stops a study as Ctrl-C does: running jobs are asked to stop
+    between two steps and keep their checkpoints; the signal number travels with the
+    interrupt, so the command exits 143 rather than 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def failure_text(path: Path, error: Exception) -> str:
+    """Write an unexpected error's traceback into the run's folder; return one line on it."""
+    log = Path(path) / "error.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(error)))
+        where = f"traceback in {log}"
+    except OSError:
+        where = "no traceback written: the folder is not writable"
+    return f"unexpected {type(error).__name__}: {error} ({where})"
 
 
 def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task],
@@ -133,6 +162,9 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
             except CifarlabError as e:
                 failed.append(t)
                 progress.fail(t.key, str(e))
+            except Exception as e:  # a bug or a resource error: reported, the others go on
+                failed.append(t)
+                progress.fail(t.key, failure_text(t.path, e))
         return failed
     return _run_parallel(study, todo, jobs, progress)
 
@@ -141,10 +173,9 @@ def resumable(path: Path) -> bool:
     """An interrupted run that can continue: a checkpoint, and no failure recorded."""
     if not (path / rundir.CHECKPOINT).is_file() or not (path / "config.json").is_file():
         return False
-    try:
-        return json.loads((path / "metrics.json").read_text()).get("status") != "failed"
-    except (OSError, ValueError):
+    if not (path / "metrics.json").is_file():
         return True
+    return rundir.read_json(path / "metrics.json").get("status") != "failed"
 
 
 def _labels(study: Study, t: Task) -> dict:
@@ -160,18 +191,30 @@ _STOPPING = False  # set in a job process once it was asked to stop
 
 
 def _worker_init(threads: int, queue, devices) -> None:
-    import signal
-
     import torch
     global _QUEUE
     _QUEUE = queue
     torch.set_num_threads(threads)
+    _watch_parent(os.getppid())
     if devices:  # one GPU per job: each worker takes the next free device index
         torch.cuda.set_device(devices.get())
     # Between runs a Ctrl-C only marks the job as stopping (a KeyboardInterrupt here would
     # break the pool); during a run, train_run's own handler stops it between two steps.
     signal.signal(signal.SIGINT, _note_stop)
     signal.signal(signal.SIGTERM, _note_stop)
+
+
+def _watch_parent(parent: int) -> None:
+    """If the study process dies (SIGKILL, a crash), stop as if asked to: the run in
+    progress stops between two steps with its checkpoint, and the job exits rather than
+    training on for nobody."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="cifarlab-parent-watch").start()
 
 
 def _note_stop(signum, frame) -> None:
@@ -194,6 +237,10 @@ def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool)
     except Interrupted:
         _STOPPING = True
         return None
+    except CifarlabError:
+        raise
+    except Exception as e:  # pickled back as one readable line; the traceback is on disk
+        raise CifarlabError(failure_text(Path(path), e)) from None
     return result.metrics
 
 

@@ -350,6 +350,29 @@ BUILTINS: dict[str, dict] = {
              "early_stopping": "val_accuracy:10", "grid": {"fraction": [0.1, 0.2, 0.5, 1.0]}},
         ],
     },
+    "quick": {
+        "name": "quick",
+        "description": "The seed study's five parts sized for ~15 minutes on 2 CPU cores: "
+                       "2,400 training images, 3 seeds; the README's main job.",
+        "seeds": 3,
+        "baseline": "part1-simple",
+        # Small enough to be quick, large enough that every variant learns (>= 0.35) and
+        # that early stopping stops: measured in docs/findings.md.
+        "defaults": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "fraction": 0.05,
+                     "val_split": 2000, "epochs": 8},
+        "variant": [
+            {"name": "part1-simple", "model": "simple"},
+            {"name": "part2-deep", "model": "deep"},
+            {"name": "part3-es-val_accuracy", "model": "simple", "epochs": 12,
+             "early_stopping": "val_accuracy:2"},
+            {"name": "part3-es-val_loss", "model": "simple", "epochs": 12,
+             "early_stopping": "val_loss:2"},
+            {"name": "part4-batchnorm", "model": "batchnorm", "epochs": 12,
+             "early_stopping": "val_accuracy:2"},
+            {"name": "part5-batchnorm", "model": "batchnorm", "epochs": 12,
+             "early_stopping": "val_accuracy:2", "grid": {"fraction": [0.02, 0.035, 0.05]}},
+        ],
+    },
     "depth": {
         "name": "depth",
         "description": "How depth changes the result: 1-5 conv blocks x 1-3 dense layers.",
