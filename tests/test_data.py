@@ -1,7 +1,9 @@
 import hashlib
 import http.server
+import io
 import os
 import pickle
+import re
 import tarfile
 import threading
 import time
@@ -143,6 +145,25 @@ def test_tar_guard_refuses_members_that_leave_the_target_or_are_not_plain_files(
     # Nothing at all is written when any member is refused.
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("name,kind", [("../escape", tarfile.REGTYPE),
+                                       ("cifar-10-batches-py/data_batch_1", tarfile.SYMTYPE),
+                                       ("cifar-10-batches-py/dev", tarfile.CHRTYPE)])
+def test_an_archive_read_in_place_is_refused_for_the_same_members(tiny, tmp_path, name, kind):
+    archive = tiny.write_archive(tmp_path)
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None)
+                   for m in tar.getmembers()]
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+    hostile = tmp_path / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        for m, blob in members + [(info, b"x" if kind == tarfile.REGTYPE else None)]:
+            tar.addfile(m, io.BytesIO(blob) if blob is not None else None)
+    with pytest.raises(CifarlabError, match=f"archive member '{re.escape(name)}' .*refusing"):
+        load_cifar10(hostile, cache=False)
 
 
 def test_tar_guard_extracts_a_well_formed_archive(tmp_path):

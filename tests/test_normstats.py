@@ -109,3 +109,21 @@ def test_reestimation_leaves_a_long_runs_result_unchanged(dataset):
     running = accuracy()
     normstats.reestimate(net, normstats.training_batches(train, 32, seed=0)[0])
     assert running > 0.8 and abs(accuracy() - running) <= 0.02
+
+
+def test_the_sample_mixes_classes_even_when_the_split_is_stored_class_by_class(dataset):
+    train_split = split_dataset(dataset, 60)[0]
+    order = train_split.y.argsort(kind="stable")  # the split as an image-folder tree loads it
+    train_split.x, train_split.y = train_split.x[order], train_split.y[order]
+    train = Batches(train_split, 32, torch.device("cpu"))
+    images, labels = normstats.training_batches(train, 32, seed=0)
+    assert len(labels) == len(train_split.y) and sorted(labels.tolist()) == sorted(
+        train_split.y.tolist())
+    assert all(len(set(labels[i:i + 32].tolist())) >= 5 for i in range(0, 320, 32))
+    # So the re-estimated variance is the data's, not an average of within-class variances.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    normstats.reestimate(net, images)
+    with torch.no_grad():
+        features = net[0](torch.cat(images))
+    assert torch.allclose(net[1].running_var, features.var((0, 2, 3)), rtol=0.15)

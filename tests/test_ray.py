@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,9 +34,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A Ray head node of 2 CPUs, stopped at the end (only the processes it started)."""
+    """A Ray head node of 2 CPUs with token authentication and a token of its own, stopped
+    at the end (only the processes it started), even when it fails to start.
+
+    The mode and token are set explicitly for the head, `ray status` and this process (the
+    driver), because Ray 2.59+ turns token authentication on by itself in a client that
+    finds ~/.ray/auth_token (left by any earlier local ray.init): a head started without
+    it then refuses that client. Explicit settings make the tests pass whether or not the
+    file exists."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
          "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
@@ -43,17 +54,24 @@ def cluster():
          "--disable-usage-stats", "--temp-dir", temp],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while subprocess.run([str(RAY), "status", "--address", address], capture_output=True
-                         ).returncode != 0:
-        assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
-        time.sleep(1)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+        deadline = time.time() + 120
+        while subprocess.run([str(RAY), "status", "--address", address], capture_output=True
+                             ).returncode != 0:
+            assert head.poll() is None and time.time() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +196,16 @@ def test_an_unreachable_cluster_is_one_sentence_and_writes_nothing(study_file, t
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the Ray cluster" in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_a_cluster_that_needs_a_token_cifarlab_lacks_is_one_sentence(cluster, study_file,
+                                                                     tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+    done = subprocess.run([sys.executable, "-m", "cifarlab", "study", str(study_file),
+                           "--executor", "ray", "--address", cluster, "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cifarlab: error: ") and "RAY_AUTH_TOKEN" in last, done.stderr
+    assert not out.exists()

@@ -242,7 +242,7 @@ def cmd_study(args) -> int:
     if args.print:
         print(studies.to_toml(st), end="")
         return 0
-    st.command = ["cifarlab"] + [a for a in args.argv]
+    st.command = ["cifarlab", *args.argv]
     from . import report
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")

@@ -261,7 +261,8 @@ def _read_python_archive(path: Path) -> Dataset:
     """Read the batches straight out of the archive: nothing is extracted."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            members = {Path(m.name).name: m for m in checked_members(
+                tar, path.parent.resolve() / "archive") if m.isfile()}
 
             def read(name):
                 if name not in members:
@@ -498,6 +499,23 @@ def download_cifar10(dest: Path, url: str | None = None, md5: str | None = None,
     return dest / "cifar-10-batches-py"
 
 
+def checked_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """The archive's members, refused whole if any is absolute, has a '..' component or
+    would land outside `dest`, or is a link or device (a CIFAR-10 archive holds none), so a
+    hostile archive is neither extracted nor read."""
+    members = tar.getmembers()
+    for m in members:
+        target = (dest / m.name).resolve()
+        if os.path.isabs(m.name) or ".." in Path(m.name).parts or \
+                not (target == dest or dest in target.parents):
+            raise CifarlabError(f"archive member {m.name!r} would be written outside {dest}; "
+                                "refusing to use this archive")
+        if not (m.isfile() or m.isdir()):
+            raise CifarlabError(f"archive member {m.name!r} is a link or device, which a "
+                                "CIFAR-10 archive never holds; refusing to use this archive")
+    return members
+
+
 def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
     """Extract regular files and folders only, refusing any member that would leave `dest`.
 
@@ -505,16 +523,7 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
     written, so a hostile archive cannot touch files outside `dest`.
     """
     dest = Path(dest).resolve()
-    members = tar.getmembers()
-    for m in members:
-        target = (dest / m.name).resolve()
-        if os.path.isabs(m.name) or ".." in Path(m.name).parts or \
-                not (target == dest or dest in target.parents):
-            raise CifarlabError(f"archive member {m.name!r} would be written outside {dest}; "
-                                "refusing to extract this archive")
-        if not (m.isfile() or m.isdir()):
-            raise CifarlabError(f"archive member {m.name!r} is a link or device, which a "
-                                "CIFAR-10 archive never holds; refusing to extract it")
+    members = checked_members(tar, dest)
     for m in members:
         target = dest / m.name
         if m.isdir():

@@ -49,12 +49,13 @@ def should_reestimate(net: nn.Module, steps: int, mode: str) -> bool:
     return steps * momentum < STALE_WINDOWS
 
 
-def sample(num_images: int, seed: int, count: int = SAMPLE_IMAGES) -> slice | torch.Tensor:
-    """A fixed, seeded choice of training images (all of them when there are few)."""
-    if num_images <= count:
-        return slice(0, num_images)
+def sample(num_images: int, seed: int, count: int = SAMPLE_IMAGES) -> torch.Tensor:
+    """A fixed, seeded choice of training images (all of them when there are few), in a
+    shuffled order: a split can be stored class by class (an image-folder tree is), and a
+    batch of one class would give batch statistics of that class alone, whose variances
+    average to less than the data's."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_images, generator=generator)[:count].sort().values
+    return torch.randperm(num_images, generator=generator)[:count]
 
 
 @torch.no_grad()

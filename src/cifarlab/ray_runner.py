@@ -53,7 +53,10 @@ def import_ray():
 
 
 def connect(options: RayOptions):
+    # Ray's C++ client logs a warning line per failed retry; the error below says it once.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     ray = import_ray()
+    reachable = False
     if options.address and options.address != "auto" and not ray.is_initialized():
         # Ray aborts the whole process when its head node cannot be reached, after a minute;
         # a plain connection attempt first turns a wrong address into one sentence.
@@ -64,13 +67,24 @@ def connect(options: RayOptions):
             raise CifarlabError(f"cannot reach the Ray cluster at {options.address} "
                                 f"({getattr(e, 'strerror', None) or e}); check --address "
                                 "(host:port of the head node)") from None
+        reachable = True
     if not ray.is_initialized():
+        from ray.exceptions import AuthenticationError
         try:
             ray.init(address=options.address, include_dashboard=False,
                      log_to_driver=True, configure_logging=False)
-        except ConnectionError as e:
-            raise CifarlabError(f"cannot reach the Ray cluster at {options.address} ({e}); "
-                                "check --address (host:port of the head node)") from None
+        except (ConnectionError, AuthenticationError) as e:
+            if not reachable and not isinstance(e, AuthenticationError):
+                raise CifarlabError(f"cannot reach the Ray cluster at {options.address} ({e}); "
+                                    "check --address (host:port of the head node)") from None
+            # It answers on its port but refuses us: Ray reports a wrong or missing token
+            # this way (or a different Ray version).
+            raise CifarlabError(
+                f"the Ray cluster at {options.address or 'this machine'} answers but refused "
+                f"cifarlab ({str(e).splitlines()[0]}); if it uses token authentication set "
+                "RAY_AUTH_TOKEN to its token and RAY_AUTH_MODE=token (RAY_AUTH_MODE=disabled "
+                "for a cluster without it), else check that it runs the same Ray version") \
+                from None
     return ray
 
 

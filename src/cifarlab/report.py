@@ -24,6 +24,7 @@ METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val a
            ("train_time_s", "train time (s)"), ("overfit_gap", "over-fitting gap"))
 BOUNDS = {"test_accuracy": (0.0, 1.0), "best_val_accuracy": (0.0, 1.0),
           "overfit_gap": (-1.0, 1.0), "train_time_s": (0.0, math.inf)}
+FULL_DATA = 45_000  # training images of CIFAR-10 after the default validation split
 PRACTICAL_SEEDS = 30  # above this, growing the study is not the way to decide
 CHANCE = 0.2  # mean test accuracy below this (10 classes: chance 0.1) is "near chance"
 
@@ -262,7 +263,10 @@ def comparison_cells(results: Results, name: str, c: stats.Comparison | None) ->
         out["test"] += f"; TOST ±{c.equivalence:g}: p={c.p_equivalence:.3f}"
     if c.seeds_for_target and out["decide"]:
         command = grow_command(results, c.seeds_for_target)
-        if command:
+        if c.seeds_for_target > PRACTICAL_SEEDS:
+            out["decide"] += " (more than is practical: more data or epochs per run lower " \
+                             "the noise)"
+        elif command:
             out["decide"] += f": `{command}`"
     return out
 
@@ -316,14 +320,17 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
     rows = rows or table_rows(results)
     base = results.baseline
     out = []
+    sizes = sorted({g.images for g in results.groups if g.images})
+    span = f" on {sizes[0]:,}" + (f" to {sizes[-1]:,}" if len(sizes) > 1 else "") + \
+        " training images" if sizes else ""
     if results.scale_text.startswith("SCALED"):
-        sizes = sorted({g.images for g in results.groups if g.images})
-        span = f" on {sizes[0]:,}" + (f" to {sizes[-1]:,}" if len(sizes) > 1 else "") + \
-            " training images" if sizes else ""
         out.append(f"This study was scaled down ({results.scale_text[len('SCALED DOWN: '):]})"
                    f" and trained{span}: its answers are about that scale and may not carry "
                    "over to the full study.")
-    better, worse, equal, open_, few = [], [], [], [], []
+    elif sizes and sizes[-1] < FULL_DATA:
+        out.append(f"This study trained{span} (CIFAR-10 has 50,000): its answers are about "
+                   "that scale and may not carry over to training on all of it.")
+    better, worse, equal, open_, few, same = [], [], [], [], [], []
     for row in rows:
         c = row["vs_baseline"]
         if c is None or _same_text(results, row["variant"]):
@@ -344,6 +351,8 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
             open_.append((row["variant"], c))
         elif c.verdict.startswith("too few"):
             few.append(row["variant"])
+        elif c.verdict.startswith("identical"):
+            same.append(row["variant"])
     if better:
         out.append(f"Better than the baseline {base} in test accuracy: {'; '.join(better)}.")
     if worse:
@@ -351,26 +360,32 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
     if equal:
         out.append(f"Equivalent to {base} within ±{results.equivalence:g}: {'; '.join(equal)}.")
     if open_:
-        names = ", ".join(name for name, _ in open_)
         n = max(c.n for _, c in open_)
-        needed = [c.seeds_for_target for _, c in open_ if c.seeds_for_target]
-        text = (f"Not decided: {names} against {base} (inconclusive with {n} seeds: the "
-                "differences are within seed noise).")
-        if needed and max(needed) > PRACTICAL_SEEDS:
-            text += (f" A 1-point difference would need ~{max(needed)} seeds: at this scale "
-                     "it is lost in seed noise; more data or epochs per run lower the noise.")
-        elif needed:
-            command = grow_command(results, max(needed))
-            text += (f" To detect a 1-point difference in each, the noisiest needs ~"
-                     f"{max(needed)} seeds" + (f": `{command}` (finished runs are kept)."
-                                               if command else "."))
+        names = "; ".join(f"{name} ({_pct(c.diff)} points" + (
+            f", ~{c.seeds_for_target} seeds would detect 1 point)" if c.seeds_for_target
+            else ")") for name, c in open_)
+        text = (f"Not decided against {base} (inconclusive with {n} seeds: within seed "
+                f"noise): {names}.")
+        practical = [c.seeds_for_target for _, c in open_
+                     if c.seeds_for_target and c.seeds_for_target <= PRACTICAL_SEEDS]
+        command = grow_command(results, max(practical)) if practical else ""
+        if command:
+            text += (f" To decide those needing at most {max(practical)}: `{command}` "
+                     "(finished runs are kept).")
+        if len(practical) < len(open_):
+            text += (f" Beyond {PRACTICAL_SEEDS} seeds a 1-point difference is lost in seed "
+                     "noise at this scale: more data or epochs per run lower the noise.")
         out.append(text)
     if few:
         command = grow_command(results, stats.MIN_SEEDS)
         out.append(f"No verdict for {', '.join(few)}: fewer than {stats.MIN_SEEDS} seeds "
                    "cannot tell a difference from seed noise" +
                    (f"; run `{command}`." if command else "."))
-    if not (better or worse or equal or open_ or few) and len(results.groups) > 1:
+    if same:
+        out.append(f"{', '.join(same)} gave exactly {base}'s test accuracy on every seed (the "
+                   "same weights were kept, e.g. early stopping restored the epoch the "
+                   "baseline ends on): there is no difference to test.")
+    if not (better or worse or equal or open_ or few or same) and len(results.groups) > 1:
         out.append("No comparison could be made yet.")
     for g in results.groups:
         same = _same_text(results, g.name)

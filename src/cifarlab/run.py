@@ -313,16 +313,21 @@ def batch_norm_record(net: nn.Module, train: Batches, cfg: RunConfig,
     """What was done to the batch-norm statistics, and whether the kept network agrees with
     itself in training and evaluation mode on the same training images (None without
     batch norm)."""
-    if not normstats.norm_layers(net):
+    layers = normstats.norm_layers(net)
+    if not layers:
         return None
+    kept = result.weights_epoch in result.bn_reestimated
+    record = {"setting": cfg.bn_reestimate, "reestimated_epochs": result.bn_reestimated,
+              "kept_weights": "re-estimated over training images" if kept
+              else "running averages from training"}
+    if any(isinstance(m, nn.SyncBatchNorm) for m in layers):
+        # Rank 0 alone evaluates; synchronised batch norm in training mode would wait for
+        # the other processes, so the check is left out.
+        return {**record, "mismatch": False, "check": "skipped (synchronised batch norm)"}
     images, labels = normstats.training_batches(train, cfg.batch_size, cfg.split_seed,
                                                 normstats.CHECK_IMAGES)
     train_acc, eval_acc = normstats.mode_agreement(net, images, labels)
-    kept = result.weights_epoch in result.bn_reestimated
-    return {"setting": cfg.bn_reestimate, "reestimated_epochs": result.bn_reestimated,
-            "kept_weights": "re-estimated over training images" if kept
-            else "running averages from training",
-            "sample_images": sum(len(x) for x in images),
+    return {**record, "sample_images": sum(len(x) for x in images),
             "train_mode_accuracy": train_acc, "eval_mode_accuracy": eval_acc,
             "mismatch": train_acc - eval_acc > normstats.MISMATCH}
 
