@@ -121,7 +121,7 @@ def kill_one_running_task(out: Path, proc: subprocess.Popen) -> str:
             lock = run / ".lock"
             if (run / rundir.CHECKPOINT).exists() and lock.exists():
                 try:
-                    pid = int(lock.read_text())
+                    pid = int(lock.read_text().split()[-1])  # "host pid"
                     os.kill(pid, signal.SIGKILL)
                 except (OSError, ValueError):
                     continue  # it finished (or the lock was being written) just now

@@ -393,3 +393,21 @@ def test_two_identical_variants_are_reported_as_one_run_and_never_compared(tmp_p
     for g in results.groups:
         s = g.summary("test_accuracy")
         assert s.n == 2 and 0 <= s.ci_low <= s.mean <= s.ci_high <= 1
+
+
+def test_growing_a_finished_study_trains_only_the_new_runs(tmp_path, data, capsys):
+    path = toml_study(tmp_path, data, body='[[variant]]\nname = "a"\n', seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    first = out / "runs/a/seed-0"
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    capsys.readouterr()
+    # More seeds and an added variant: the report's seeds-needed command does the first.
+    path.write_text(path.read_text() + '[[variant]]\nname = "b"\ndropout = 0.5\n')
+    assert main(["study", str(path), "--out", str(out), "--seeds", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 runs, 1 already finished, 5 to train" in printed
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before  # untouched
+    results = collect_study(out)
+    assert [len(g.runs) for g in results.groups] == [3, 3]
+    assert json.loads((out / "study.json").read_text())["command"][-2:] == ["--seeds", "3"]

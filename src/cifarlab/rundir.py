@@ -87,13 +87,15 @@ def read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
         raise damaged(path, "not valid JSON") from None
     if not isinstance(value, dict):
         raise damaged(path, "not a JSON object")
+    version = value.get("format_version", 0)
+    if not isinstance(version, int):
+        raise damaged(path, f"format_version {version!r} is not a whole number")
+    if version > FORMAT_VERSION:  # before the keys: a newer format may have other ones
+        raise CifarlabError(f"{path} was written by a newer cifarlab (format {version}, this "
+                            f"one reads up to {FORMAT_VERSION}); upgrade cifarlab")
     missing = [k for k in required if k not in value]
     if missing:
         raise damaged(path, f"no {missing[0]!r}")
-    version = value.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CifarlabError(f"{path} was written by a newer cifarlab (format {version}, this "
-                            f"one reads up to {FORMAT_VERSION}); upgrade cifarlab")
     return value
 
 
