@@ -158,13 +158,30 @@ def test_sync_bn_on_cpu_is_refused_in_one_sentence(data_dir, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_torchrun_timeout_that_is_not_a_number_is_refused(data_dir, tmp_path):
-    done = cifarlab(["train", *flags(data_dir), "--out", str(tmp_path / "r")], cwd=tmp_path,
+SLOW_RANK_0 = """
+import os, sys, time
+from cifarlab import cli
+if os.environ["RANK"] == "0":
+    time.sleep(float(sys.argv[1]))  # rank 1 meets the bad input first
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("rank_0_delay", [0, 4])
+def test_a_torchrun_timeout_that_is_not_a_number_is_said_once(data_dir, tmp_path,
+                                                              rank_0_delay):
+    # Whichever rank fails first says it: torchrun stops the others as soon as one fails, so
+    # a message left to rank 0 was lost when rank 1 got there first (seen in CI).
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_RANK_0)
+    done = cifarlab([str(script), str(rank_0_delay), "train", *flags(data_dir), "--out",
+                     str(tmp_path / "r")], cwd=tmp_path,
                     env={"CIFARLAB_DDP_TIMEOUT": "soon"}, timeout=120,
-                    entry=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "cifarlab"))
+                    entry=("-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2"))
     assert done.returncode != 0
-    assert done.stderr.count("CIFARLAB_DDP_TIMEOUT must be a positive number") == 1
+    assert done.stderr.count("CIFARLAB_DDP_TIMEOUT must be a positive number") == 1, \
+        done.stderr[-2000:]
     assert not (tmp_path / "r").exists()
 
 

@@ -441,9 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CifarlabError as e:
-        if distributed.launched():
-            distributed.report_error(e)
-        if distributed.should_report(e):
+        if not distributed.launched() or distributed.report_error(e):
             print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:

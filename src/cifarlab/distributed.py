@@ -155,14 +155,6 @@ def failure(error: BaseException, out) -> CifarlabError:
     return e
 
 
-def should_report(error: CifarlabError) -> bool:
-    """Errors every process meets alike (bad settings, missing data) are printed once, by
-    rank 0; a failure of the group itself by every process that sees it."""
-    if getattr(error, "quiet", False):
-        return False
-    return int(os.environ.get("RANK", "0")) == 0 or getattr(error, "every_rank", False)
-
-
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `cifarlab <argv>` as `nproc` data-parallel processes on this machine via torchrun;
     returns its exit code."""
@@ -176,7 +168,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         env[ERROR_FILE] = os.path.join(tmp, "error")
         try:
             # torchrun's stderr is held back: on bad input it adds a traceback banner per
-            # rank to the one sentence rank 0 already wrote (see report_error).
+            # rank to the one sentence the first failing rank already wrote (see report_error).
             proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
         except KeyboardInterrupt:  # torchrun forwards the signal to its workers and exits
             return 130
@@ -195,14 +187,44 @@ def launch(nproc: int, argv: list[str]) -> int:
 ERROR_FILE = "CIFARLAB_DDP_ERROR_FILE"
 
 
-def report_error(error: CifarlabError) -> None:
-    """In a process that `launch` started: hand a bad-input sentence to the launcher, which
-    prints it alone and exits 2 (the first process to fail writes it)."""
+def report_error(error: CifarlabError) -> bool:
+    """In a torchrun worker: whether this process prints `error`.
+
+    A failure of the group itself is printed by every process that sees it (it may be the
+    only one left). An error every process meets alike (bad settings, missing data) is said
+    once, by the first process to meet it: not by rank 0, which torchrun may already have
+    stopped because another rank failed first. Under `launch` that sentence goes to the
+    launcher, which prints it alone and exits 2; under a bare torchrun the first process to
+    claim this job's marker file prints it."""
+    if getattr(error, "quiet", False):
+        return False
+    if getattr(error, "every_rank", False):
+        return True
     path = os.environ.get(ERROR_FILE)
-    if path and not getattr(error, "quiet", False) and not getattr(error, "every_rank", False):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as f:
+    first = _claim(path or _marker())
+    if first and path:
+        with open(path, "w") as f:
             f.write(str(error))
+        return False
+    return first
+
+
+def _claim(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _marker() -> str:
+    """A file name unique to this torchrun job on this machine: the job's id and its agent
+    process, whose start time tells it from a later process with the same pid."""
+    agent = os.getppid()
+    try:
+        started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return os.path.join(tempfile.gettempdir(),
+                        f"cifarlab-error-{os.getuid()}-{job}-{agent}-{started}")
