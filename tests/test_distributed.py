@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import Tiny
+from conftest import Tiny, alive, family_pids, listening_addresses
 from safetensors.torch import load_file
 
 from cifarlab import RunConfig, train_run
@@ -158,6 +158,63 @@ def test_sync_bn_on_cpu_is_refused_in_one_sentence(data_dir, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+RECORD = """
+import json, os, sys
+import torch
+from torch import nn
+from cifarlab import cli
+seen = {"dropout": [], "batch_norm": []}
+dropout_forward, bn_forward = nn.Dropout.forward, nn.BatchNorm2d.forward
+def dropout(self, x):
+    y = dropout_forward(self, x)
+    if self.training and len(seen["dropout"]) < 3:
+        # -1: the input was already 0 (no telling), 1: dropped, 0: kept
+        seen["dropout"].append(torch.where(x == 0, -1, (y == 0).int()).flatten().tolist())
+    return y
+def batch_norm(self, x):
+    if self.training and len(seen["batch_norm"]) < 4:  # the first training step's
+        seen["batch_norm"].append(x.shape[0])
+    return bn_forward(self, x)
+nn.Dropout.forward, nn.BatchNorm2d.forward = dropout, batch_norm
+code = cli.main(sys.argv[2:])
+with open(sys.argv[1] + os.environ.get("RANK", "single"), "w") as f:
+    json.dump(seen, f)
+sys.exit(code)
+"""
+
+
+def test_with_dropout_and_batch_norm_each_process_draws_its_own_masks_and_normalises_its_slice(
+        data_dir, tmp_path):
+    # What the README promises for dropout and batch norm under DDP (neither is the one-
+    # process computation): each rank draws its own masks (independent of the others', so
+    # no two images share a mask because they sit at the same place in two slices), and
+    # each rank's batch norm sees its slice (batch / N images) unless --sync-bn on CUDA.
+    script = tmp_path / "record.py"
+    script.write_text(RECORD)
+    settings = flags(data_dir, model="batchnorm", blocks=2, filters=(8, 16), dense=(32,),
+                     dropout=0.5, fraction=1.0)
+    seen = tmp_path / "seen-"
+    done = cifarlab([str(script), str(seen), "train", *settings, "--out", str(tmp_path / "n2")],
+                    cwd=tmp_path, timeout=180, entry=("-m", "torch.distributed.run",
+                                                      "--standalone", "--nproc_per_node=2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = cifarlab([str(script), str(seen), "train", *settings, "--out", str(tmp_path / "n1")],
+                   cwd=tmp_path, timeout=180, entry=())
+    assert one.returncode == 0, one.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"seen-{r}").read_text()) for r in ("0", "1", "single")]
+    batch = SETTINGS["batch_size"]
+    assert ranks[0]["batch_norm"] == ranks[1]["batch_norm"] == [batch // 2] * 4
+    assert ranks[2]["batch_norm"] == [batch] * 4
+    masks = [np.array(r["dropout"][0]) for r in ranks]
+    for m in masks:
+        assert 0.35 < np.mean(m[m >= 0]) < 0.65  # dropout 0.5, drawn
+    # the two ranks' first masks (same shape: equal slices) are independent draws: where
+    # both can tell, they agree about half the time, not always
+    both = (masks[0] >= 0) & (masks[1] >= 0)
+    assert both.sum() > 100
+    assert 0.3 < np.mean(masks[0][both] == masks[1][both]) < 0.7
+
+
 SLOW_RANK_0 = """
 import os, sys, time
 from cifarlab import cli
@@ -208,3 +265,44 @@ def test_nproc_with_bad_input_met_inside_the_processes_is_one_sentence(data_dir,
     assert done.stderr.strip().splitlines() == [
         f"cifarlab: error: --out {tmp_path / 'taken'} is a file, not a folder; choose another "
         "--out"]
+
+
+def test_a_local_nproc_job_listens_on_loopback_only_and_its_workers_die_with_it(data_dir,
+                                                                              tmp_path):
+    # torchrun's own stores listen on every interface; `--nproc` gives them (and the workers'
+    # gloo sockets) 127.0.0.1, so nobody on the network can talk to a running job. A job
+    # whose launcher and torchrun agent are SIGKILLed leaves no worker training for nobody.
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "train", "--nproc", "2",
+                             *flags(data_dir, epochs=200, fraction=1.0), "--out", str(out)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    family = {proc.pid}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        family = family_pids(proc.pid)
+        assert len(family) >= 4  # the launcher, torchrun's agent, two workers
+        addresses = listening_addresses(family)
+        workers = {p for p in family - {proc.pid} if "torchrun" not in cmdline(p)}
+        assert len(workers) == 2
+        os.killpg(proc.pid, 9)  # the launcher and the agent: torchrun's workers have sessions
+        proc.wait()             # of their own
+        deadline = time.time() + 60
+        while time.time() < deadline and any(alive(p) for p in workers):
+            time.sleep(0.5)
+        assert not any(alive(p) for p in workers)
+    finally:
+        for pid in family:
+            if alive(pid):
+                os.kill(pid, 9)
+    assert addresses == {"127.0.0.1"}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:
+        return ""

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import Tiny, hold_lock
+from conftest import Tiny, alive, group_pids, hold_lock
 
 from cifarlab import runner, study
 from cifarlab.cli import main
@@ -220,22 +220,6 @@ def test_compare_groups_run_folders_from_different_studies(tmp_path, data, capsy
     assert main(["compare", str(tmp_path / "a")]) == 0
 
 
-def group_pids(group: int) -> set[int]:
-    """Live processes of a process group (a study started in its own session and the job
-    processes it spawned), read from /proc."""
-    import os
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == group and fields[0] != "Z":
-                found.add(int(entry))
-    return found
-
-
 def start_long_study(tmp_path, data):
     import subprocess
     import sys
@@ -259,19 +243,11 @@ def wait_gone(pids: set[int], seconds: float) -> set[int]:
     import time
     deadline = time.time() + seconds
     while time.time() < deadline:
-        alive = {p for p in pids if _alive(p)}
-        if not alive:
-            return alive
+        left = {p for p in pids if alive(p)}
+        if not left:
+            return left
         time.sleep(0.2)
-    return {p for p in pids if _alive(p)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return stat[0] != "Z"
+    return {p for p in pids if alive(p)}
 
 
 @pytest.mark.parametrize("how,code", [("SIGTERM", 143), ("SIGKILL", None)])

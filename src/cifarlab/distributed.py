@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,9 @@ import torch
 import torch.distributed as dist
 
 from .errors import CifarlabError
+from .orphans import watch_parent
 
+LOOPBACK = "127.0.0.1"
 
 SYNC_BN_CPU = ("--sync-bn needs CUDA GPUs (PyTorch synchronises batch norm on GPUs only); drop "
                "--sync-bn on CPU, where each process normalises its own slice of the batch")
@@ -104,6 +107,7 @@ def setup(device_name: str = "auto", sync_bn: bool = False) -> Group:
         if key not in os.environ:
             raise CifarlabError(f"WORLD_SIZE is set but {key} is not; start data-parallel runs "
                                 "with torchrun or cifarlab train --nproc N")
+    watch_parent()  # torchrun's agent: if it is killed, no one collects this rank's work
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -162,8 +166,14 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise CifarlabError(f"--nproc must be at least 1, got {nproc}")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "cifarlab", *argv]
+    if sys.platform.startswith("linux"):  # the processes talk over loopback only
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    # torchrun --standalone, with its stores listening on 127.0.0.1 (see torchrun_loopback)
+    cmd = [sys.executable, "-m", "cifarlab.torchrun_loopback", "--nnodes=1",
+           f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint={LOOPBACK}:0", f"--rdzv-id={uuid.uuid4().hex}",
+           f"--local-addr={LOOPBACK}", "-m", "cifarlab", *argv]
     with tempfile.TemporaryDirectory(prefix="cifarlab-ddp-") as tmp:
         env[ERROR_FILE] = os.path.join(tmp, "error")
         try:

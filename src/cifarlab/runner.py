@@ -29,6 +29,7 @@ from pathlib import Path
 from . import rundir
 from .config import RunConfig
 from .errors import CifarlabError
+from .orphans import watch_parent
 from .run import train_run
 from .study import Study, slug
 from .train import Interrupted
@@ -195,26 +196,13 @@ def _worker_init(threads: int, queue, devices) -> None:
     global _QUEUE
     _QUEUE = queue
     torch.set_num_threads(threads)
-    _watch_parent(os.getppid())
+    watch_parent()
     if devices:  # one GPU per job: each worker takes the next free device index
         torch.cuda.set_device(devices.get())
     # Between runs a Ctrl-C only marks the job as stopping (a KeyboardInterrupt here would
     # break the pool); during a run, train_run's own handler stops it between two steps.
     signal.signal(signal.SIGINT, _note_stop)
     signal.signal(signal.SIGTERM, _note_stop)
-
-
-def _watch_parent(parent: int) -> None:
-    """If the study process dies (SIGKILL, a crash), stop as if asked to: the run in
-    progress stops between two steps with its checkpoint, and the job exits rather than
-    training on for nobody."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True, name="cifarlab-parent-watch").start()
 
 
 def _note_stop(signum, frame) -> None:
