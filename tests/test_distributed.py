@@ -85,7 +85,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
         torch.set_num_threads(os.cpu_count() or 1)
     work = tmp_path / "work"
     work.mkdir()
-    done = cifarlab(["train", "--nproc", "2", *flags(data_dir)], cwd=work)
+    # one thread per process on any machine (else cores // 2 each: rounding would differ)
+    done = cifarlab(["train", "--nproc", "2", *flags(data_dir)], cwd=work,
+                    env={"CIFARLAB_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((work / "runs").iterdir())
     assert len(runs) == 1 and list(work.iterdir()) == [work / "runs"]  # rank 0 alone writes
@@ -306,3 +308,18 @@ def cmdline(pid: int) -> str:
         return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
     except OSError:
         return ""
+
+
+def test_threads_follow_the_cpus_this_process_may_use_or_cifarlab_threads(monkeypatch):
+    from cifarlab.config import cpu_threads
+    from cifarlab.errors import CifarlabError
+    monkeypatch.delenv("CIFARLAB_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's, not this process's
+    assert [cpu_threads(n) for n in (1, 2, 4, 12)] == [6, 3, 1, 1]
+    monkeypatch.setenv("CIFARLAB_THREADS", "3")
+    assert cpu_threads(2) == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("CIFARLAB_THREADS", bad)
+        with pytest.raises(CifarlabError, match="CIFARLAB_THREADS must be"):
+            cpu_threads()

@@ -118,3 +118,19 @@ def test_mlflow_defaults_to_a_local_mlruns_folder(data, tmp_path, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("cifarlab").experiment_id])
     assert len(runs) == 1 and "test_accuracy" in runs[0].data.metrics
     assert list((tmp_path / "mlruns" / "artifacts").rglob("metrics.json"))
+
+
+def test_an_export_that_differs_from_pytorch_is_refused_and_not_written(run, capsys,
+                                                                        monkeypatch):
+    # An exporter that gets the model wrong (here: TorchScript output nudged by 1e-3) must
+    # be caught by the check batch, and nothing written where the export would go.
+    from cifarlab import export
+    original = export._export_torchscript
+    monkeypatch.setattr(export, "_export_torchscript",
+                        lambda *a: original(*a) + np.float32(1e-3))
+    target = run / "refused.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "export differs from PyTorch by 1.00e-03" in err
+    assert not target.exists()
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []

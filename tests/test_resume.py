@@ -75,6 +75,35 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run_bit_for_bit(
     assert not (out / rundir.CHECKPOINT).exists()  # a finished run drops its checkpoint
 
 
+def test_a_sigkilled_training_process_resumes_to_the_same_weights_bit_for_bit(data_dir,
+                                                                              tmp_path):
+    # The real thing, not a simulated crash: a `cifarlab train` process SIGKILLed in the
+    # middle of an epoch (no handler runs, files may be mid-write), then --resume.
+    flags = ["--data", str(data_dir), "--model", "batchnorm", "--blocks", "2", "--filters",
+             "8,16", "--dense", "32", "--epochs", "6", "--val-split", "60", "--device", "cpu",
+             "--optimizer", "sgd", "--lr", "0.05", "--schedule", "onecycle", "--seed", "3",
+             "--augment", "altflip,translate:2,cutout"]
+    env = {**os.environ, "CIFARLAB_THREADS": "1"}  # the same arithmetic in every process
+    cli = [sys.executable, "-m", "cifarlab", "train", *flags]
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    subprocess.run([*cli, "--out", str(reference)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([*cli, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / rundir.CHECKPOINT).exists():
+        time.sleep(0.01)
+    time.sleep(0.3)  # into epoch 2
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert not rundir.is_finished(out)
+    done = subprocess.run([sys.executable, "-m", "cifarlab", "train", "--resume", str(out)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert without_times(out) == without_times(reference)
+    assert (out / "model.safetensors").read_bytes() == \
+        (reference / "model.safetensors").read_bytes()
+
+
 def test_checkpoint_keeps_early_stopping_state_and_best_weights(dataset, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
@@ -177,19 +206,42 @@ def test_a_signal_saves_prints_the_resume_command_and_exits(sig, code, data_dir,
     assert not (out / ".lock").exists() and not rundir.is_finished(out)
 
 
+SLOW_STEPS = """
+import os, sys, time
+from cifarlab import cli, loader
+original = loader.Batches.shuffled
+def slow(self, *a, **k):
+    for batch in original(self, *a, **k):
+        if os.path.exists(sys.argv[1]):  # after the first checkpoint: 4 s per step
+            print("slow step", file=sys.stderr, flush=True)
+            time.sleep(4)
+        yield batch
+loader.Batches.shuffled = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
 def test_a_second_ctrl_c_exits_at_once_leaving_disk_consistent(data_dir, tmp_path):
+    # Steps of 4 s: a first Ctrl-C would stop only at the end of the step in progress (and
+    # say "Interrupted (SIGINT) ... Resume with"); the second, sent once the first has surely
+    # been handled, must end the process at once instead.
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "cifarlab", "train", "--data", str(data_dir), "--out", str(out),
-            "--model", "batchnorm", "--blocks", "2", "--filters", "8,16", "--dense", "32",
-            "--epochs", "400", "--val-split", "60", "--device", "cpu"]
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_STEPS)
+    args = [sys.executable, str(script), str(out / rundir.CHECKPOINT), "train", "--data",
+            str(data_dir), "--out", str(out), "--model", "batchnorm", "--blocks", "2",
+            "--filters", "8,16", "--dense", "32", "--epochs", "400", "--val-split", "60",
+            "--device", "cpu"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / rundir.CHECKPOINT).exists():
-        time.sleep(0.05)
+    assert proc.stderr.readline().strip() == "slow step"  # epoch 1 is checkpointed
     proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)  # impatient: the second one is not caught
+    time.sleep(1)  # handled: the handler runs as soon as the signal interrupts the sleep
+    proc.send_signal(signal.SIGINT)
+    second = time.perf_counter()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert time.perf_counter() - second < 2.5  # not the 3 s left of the step
+    assert "cifarlab: interrupted" in err and "Resume with" not in err
     state = rundir.load_checkpoint(out / rundir.CHECKPOINT)  # still a complete checkpoint
     assert state["epoch"] >= 1
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []

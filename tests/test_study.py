@@ -195,7 +195,10 @@ def test_rerunning_a_changed_study_into_the_same_folder_is_refused(tmp_path, dat
     assert "trained with other settings (epochs)" in capsys.readouterr().err
 
 
-def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data):
+def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data, monkeypatch):
+    # one thread per job whatever the machine: one job would otherwise get all the cores and
+    # two jobs half each, and thread counts change float rounding
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     s = parse({"name": "p", "seeds": 2, "defaults": {**SMALL_NET, "data": str(data)},
                "variant": [{"name": "base"}]}, "p")
     assert runner.run_study(s, tmp_path / "one", jobs=1, verbose=False) == []

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from . import __version__, distributed
-from .config import FIELDS, RunConfig, check_settings, load_toml, with_recipe
+from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml, with_recipe
 from .errors import CifarlabError
 from .trackers import parse as parse_trackers
 
@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         from .rundir import FORCE_UNLOCK
         os.environ[FORCE_UNLOCK] = "1"
     try:
+        if os.environ.get("CIFARLAB_THREADS"):
+            import torch
+            torch.set_num_threads(cpu_threads())
         return args.func(args)
     except CifarlabError as e:
         if not distributed.launched() or distributed.report_error(e):

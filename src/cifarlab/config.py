@@ -8,6 +8,7 @@ the preset's value.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,24 @@ SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("unit", "standard")
 BN_REESTIMATE = ("auto", "always", "never")
+
+
+def cpu_threads(share: int = 1) -> int:
+    """Torch threads for each of `share` processes that split this machine's CPUs:
+    CIFARLAB_THREADS if set (the same for every process), else the CPUs this process may
+    run on (its affinity: `taskset` or a container may allow fewer than the machine has)
+    divided among them."""
+    text = os.environ.get("CIFARLAB_THREADS")
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise CifarlabError(f"CIFARLAB_THREADS must be a whole number of threads, 1 or "
+                                f"more, got {text!r}")
+        return int(text)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // share)
 
 
 # A recipe is a network and a way to train it, chosen together; settings given explicitly

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .config import cpu_threads
 from .errors import CifarlabError
 from .orphans import watch_parent
 
@@ -121,9 +122,7 @@ def setup(device_name: str = "auto", sync_bn: bool = False) -> Group:
                                 "process per GPU")
         torch.cuda.set_device(local_rank)
     else:
-        threads = int(os.environ.get("CIFARLAB_THREADS", 0)) or \
-            max(1, (os.cpu_count() or 1) // local_world)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cpu_threads(local_world))
     backend = "nccl" if use_cuda else "gloo"
     owned = not dist.is_initialized()
     if owned:
@@ -165,7 +164,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     if nproc < 1:
         raise CifarlabError(f"--nproc must be at least 1, got {nproc}")
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(cpu_threads(nproc)))
     if sys.platform.startswith("linux"):  # the processes talk over loopback only
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")

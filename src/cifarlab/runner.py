@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import rundir
-from .config import RunConfig
+from .config import RunConfig, cpu_threads
 from .errors import CifarlabError
 from .orphans import watch_parent
 from .run import train_run
@@ -243,7 +243,7 @@ def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[T
         devices = ctx.Queue()
         for i in range(jobs):
             devices.put(i)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = cpu_threads(jobs)
     failed: list[Task] = []
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, queue, devices)) as pool:
