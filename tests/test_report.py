@@ -97,3 +97,34 @@ def test_the_console_error_check_catches_a_broken_page(study_dir, tmp_path):
     dom, stderr = render(broken, tmp_path, "broken")
     assert console_errors(stderr), "a page that throws must be detected"
     assert "data-ready" not in dom
+
+
+NOTEBOOK = """
+import sys
+import matplotlib
+matplotlib.use("svg")  # the user's choice, as a notebook sets its inline backend
+import matplotlib.pyplot as plt
+import numpy as np
+mine = plt.figure()
+from cifarlab import plots, report
+from cifarlab.cli import main
+history = [{"epoch": e, "loss": 1 / e, "accuracy": e / 4, "val_loss": 1.2 / e,
+            "val_accuracy": e / 5} for e in (1, 2, 3)]
+plots.learning_curves(history, sys.argv[1] + "/curves.png", best_epoch=2)
+plots.confusion_matrix(np.eye(3) * 5, ["a", "b", "c"], sys.argv[1] + "/cm.png")
+assert main(["report", sys.argv[2]]) == 0
+print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])
+"""
+
+
+def test_drawing_leaves_the_users_backend_and_pyplot_figures_alone(study_dir, tmp_path):
+    import sys
+    study = tmp_path / "study"
+    shutil.copytree(study_dir, study)
+    (study / "report.html").unlink()
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(tmp_path), str(study)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["svg", "True"]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (study / "report.html").is_file()

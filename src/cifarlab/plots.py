@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: no display, no GUI toolkit needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+# Figures are drawn with matplotlib's object API (`Figure`, not pyplot): they go straight to
+# files, pyplot's global state and the user's chosen backend (a notebook's inline plots) are
+# never touched, and no display or GUI toolkit is needed.
 
 
 def learning_curves(history: list[dict], path: Path, best_epoch: int | None = None,
                     title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation, with the best epoch marked."""
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [r[key] for r in history], "o-", ms=3, label=f"train {label}")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", ms=3,
@@ -33,13 +34,13 @@ def learning_curves(history: list[dict], path: Path, best_epoch: int | None = No
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def confusion_matrix(confusion: np.ndarray, classes, path: Path, title: str = "") -> None:
     """Annotated heatmap, rows = true class, columns = predicted class."""
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    ax = fig.subplots()
     im = ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
@@ -55,4 +56,3 @@ def confusion_matrix(confusion: np.ndarray, classes, path: Path, title: str = ""
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

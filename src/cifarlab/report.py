@@ -432,21 +432,26 @@ def terminal_text(results: Results) -> str:
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return buf.getvalue()
+
+
+def _figure(*subplots, **options):
+    """A matplotlib Figure and its axes, drawn without pyplot (see plots.py: the user's
+    backend and pyplot's state are left alone)."""
+    from matplotlib.figure import Figure
+    figsize = options.pop("figsize")
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*subplots, **options)
 
 
 def figure_curves(results: Results) -> bytes:
     """Mean validation accuracy and loss per epoch for every variant, with a band over seeds."""
-    import matplotlib.pyplot as plt
-
-    from . import plots  # noqa: F401  (selects the file-only backend)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    from matplotlib import colormaps
+    fig, axes = _figure(1, 2, figsize=(12, 4.6))
     for i, g in enumerate(results.groups):
-        color = plt.cm.tab20(i % 20)
+        color = colormaps["tab20"](i % 20)
         if g.same_as:  # its twin's curve is already drawn
             continue
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
@@ -485,7 +490,6 @@ def sweeps(results: Results) -> dict[str, list[Group]]:
 def figure_sweep(name: str, groups: list[Group]) -> bytes:
     """Test accuracy against the swept setting (one line per value of a second setting);
     for data fractions, training time on a second axis."""
-    import matplotlib.pyplot as plt
     keys = list(groups[0].swept)
     x_key = next((k for k in keys if k == "fraction"), keys[0])
     other = [k for k in keys if k != x_key]
@@ -496,7 +500,7 @@ def figure_sweep(name: str, groups: list[Group]) -> bytes:
     for g in groups:
         label = ", ".join(f"{k}={g.swept[k]}" for k in other) or "test accuracy"
         lines.setdefault(label, []).append(g)
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    fig, ax = _figure(figsize=(7.5, 4.4))
     numeric = all(isinstance(xval(g.swept[x_key]), (int, float)) for g in groups)
     categories = [] if numeric else list(dict.fromkeys(str(g.swept[x_key]) for g in groups))
     # A fraction is drawn at the images it really trained on (a scaled study shrinks them).
@@ -540,14 +544,12 @@ def confusion_sum(g: Group) -> tuple[np.ndarray, list[str]] | None:
 
 
 def figure_confusion(g: Group) -> bytes | None:
-    import matplotlib.pyplot as plt
     found = confusion_sum(g)
     if found is None:
         return None
     m, classes = found
     f1 = [np.mean([r.metrics["per_class"][c]["f1"] for r in g.runs]) for c in classes]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6),
-                                  gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax, ax2) = _figure(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
     ax.imshow(m, cmap="Blues")
     n = len(classes)
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
