@@ -181,6 +181,12 @@ class RunConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
+    def from_plain(cls, values: dict) -> "RunConfig":
+        """The inverse of `to_dict` for a config cifarlab made itself (sent to a job process
+        or a Ray task): lists back to tuples, no recipe applied again."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "RunConfig":
         """Build from plain data (JSON, TOML), refusing unknown keys and wrong types."""
         return cls(**with_recipe(check_settings(values, where))).validate()

@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import CifarlabError
-from .loader import CIFAR10_MEAN, CIFAR10_STD
+from .loader import pixel_affine
 from .run import load_network
 
 FORMATS = ("onnx", "torchscript")
@@ -30,11 +30,9 @@ class WithPreprocessing(nn.Module):
 
     def __init__(self, net: nn.Module, normalize: str):
         super().__init__()
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if normalize == "standard" else (0.0, 1.0)
-        mean = torch.tensor(mean).expand(3).reshape(1, 3, 1, 1)
-        std = torch.tensor(std).expand(3).reshape(1, 3, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std))
-        self.register_buffer("shift", -mean / std)
+        scale, shift = pixel_affine(normalize)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
         self.net = net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

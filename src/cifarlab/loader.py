@@ -24,6 +24,16 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+def pixel_affine(normalize: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each 1 x 3 x 1 x 1, with x_norm = x_uint8 * scale + shift: "unit"
+    maps pixels to [0, 1] (the study's choice), "standard" to CIFAR-10's per-channel mean 0
+    and std 1. Training, evaluation and exported models all normalise through this."""
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if normalize == "standard" else (0.0, 1.0)
+    mean = torch.tensor(mean, device=device).expand(3).reshape(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).expand(3).reshape(1, 3, 1, 1)
+    return 1 / (255 * std), -mean / std
+
+
 @dataclass
 class Split:
     """Images (uint8, N x 32 x 32 x 3) and labels of one part of the data."""
@@ -98,12 +108,8 @@ class Batches:
         self.x, self.y = to_device(split, device)
         self.batch_size = batch_size
         self.dtype = dtype
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if normalize == "standard" else (0.0, 1.0)
-        mean = torch.tensor(mean, device=device).expand(3).reshape(1, 3, 1, 1)
-        std = torch.tensor(std, device=device).expand(3).reshape(1, 3, 1, 1)
-        # x_norm = x_uint8 * scale + shift, one fused multiply-add per batch.
-        self.scale = (1 / (255 * std)).to(dtype)
-        self.shift = (-mean / std).to(dtype)
+        scale, shift = pixel_affine(normalize, device)  # one fused multiply-add per batch
+        self.scale, self.shift = scale.to(dtype), shift.to(dtype)
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)

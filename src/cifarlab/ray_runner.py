@@ -16,7 +16,6 @@ cifarlab itself (the same version installed on every node).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from . import rundir
 from .config import RunConfig
 from .errors import CifarlabError
+from .progress import drain
 
 
 @dataclass
@@ -94,15 +94,12 @@ def _train_task(key: str, cfg_dict: dict, path: str, labels: dict, data, threads
     import torch
 
     from .run import train_run
-    from .runner import resumable
     torch.set_num_threads(threads)
     run = Path(path)
     if rundir.is_finished(run):  # an attempt finished it just before its worker died
         return rundir.load_run(run)["metrics"]
-    resume = resumable(run)
-    if run.exists() and not resume:  # died before its first epoch, or failed
-        shutil.rmtree(run)
-    cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    resume = rundir.prepare_unfinished(run)
+    cfg = RunConfig.from_plain(cfg_dict)
     queue.put(("start", key, f"{socket.gethostname()}, {torch.get_num_threads()} threads, "
                f"pid {os.getpid()}" + (", resuming" if resume else "")))
     result = train_run(cfg, run, data=data, verbose=False, labels=labels, resume=resume,
@@ -111,8 +108,9 @@ def _train_task(key: str, cfg_dict: dict, path: str, labels: dict, data, threads
     return result.metrics
 
 
-def run(study, todo, progress, options: RayOptions, labels) -> list:
-    """Train the runs `todo` (runner.Task) on Ray; return those that failed."""
+def run(todo: list, progress, options: RayOptions) -> list:
+    """The executor for --executor ray: the runs `todo` (runner.Task) as Ray tasks; returns
+    those that failed."""
     from .data import load_cifar10
     ray = connect(options.check())
     from ray.util.queue import Queue
@@ -130,9 +128,8 @@ def run(study, todo, progress, options: RayOptions, labels) -> list:
                              max_retries=options.retries, retry_exceptions=False,
                              name=f"cifarlab {t.key}").remote(
             # Absolute paths: a Ray worker runs in a folder of its own.
-            t.key, t.cfg.with_absolute_data().to_dict(), str(t.path.resolve()),
-            labels(study, t), datasets[t.cfg.data],
-            threads, queue)
+            t.key, t.cfg.with_absolute_data().to_dict(), str(t.path.resolve()), t.labels,
+            datasets[t.cfg.data], threads, queue)
         refs[ref] = t
     progress.note(f"Submitted {len(refs)} runs to Ray ({options.cpus:g} CPU"
                   f"{'s' if options.cpus != 1 else ''} and {gpus:g} GPU per run; the cluster "
@@ -143,7 +140,7 @@ def run(study, todo, progress, options: RayOptions, labels) -> list:
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-            _drain(queue, progress)
+            drain(queue, progress)
             for ref in done:
                 t = refs[ref]
                 try:
@@ -156,19 +153,9 @@ def run(study, todo, progress, options: RayOptions, labels) -> list:
                     failed.append(t)
                     progress.fail(t.key, f"its Ray worker died {options.retries + 1} times "
                                   f"({type(e).__name__}); finished epochs are kept")
-        _drain(queue, progress)
+        drain(queue, progress)
     except KeyboardInterrupt:
         for ref in pending:  # each run stops between two steps and keeps its epochs
             ray.cancel(ref)
         raise
     return failed
-
-
-def _drain(queue, progress) -> None:
-    while not queue.empty():
-        message = queue.get_nowait()
-        if message[0] == "start":
-            progress.start(message[1])
-            progress.note(f"started {message[1]} on {message[2]}")
-        else:
-            progress.epoch(*message[1:])

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -120,6 +121,28 @@ def is_finished(run: Path) -> bool:
     if not path.is_file():
         return False
     return read_json(path).get("status") == "finished"
+
+
+def resumable(run: Path) -> bool:
+    """An interrupted run that can continue: a checkpoint, and no failure recorded."""
+    run = Path(run)
+    if not (run / CHECKPOINT).is_file() or not (run / "config.json").is_file():
+        return False
+    if not (run / "metrics.json").is_file():
+        return True
+    return read_json(run / "metrics.json").get("status") != "failed"
+
+
+def prepare_unfinished(run: Path) -> bool:
+    """The one rule every executor follows for a run that is not finished: continue it if it
+    can be resumed (returns True), else clear what is left of it (it died before its first
+    epoch, or failed) so it starts afresh (returns False)."""
+    run = Path(run)
+    if resumable(run):
+        return True
+    if run.exists():
+        shutil.rmtree(run)
+    return False
 
 
 def create(out: Path) -> Path:

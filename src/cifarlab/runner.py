@@ -15,21 +15,20 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import sys
 import threading
-import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
 from .config import RunConfig, cpu_threads
 from .errors import CifarlabError
 from .orphans import watch_parent
+from .progress import StudyProgress, drain
 from .run import train_run
 from .study import Study, slug
 from .train import Interrupted
@@ -37,10 +36,13 @@ from .train import Interrupted
 
 @dataclass
 class Task:
+    """One run of a study, as every executor receives it."""
+
     variant: str
     seed: int
     cfg: RunConfig
     path: Path
+    labels: dict = field(default_factory=dict)  # study, variant, swept settings: for reports
     resume: bool = False  # an interrupted run with a checkpoint: continue it
 
     @property
@@ -49,7 +51,8 @@ class Task:
 
 
 def plan(study: Study, out: Path) -> list[Task]:
-    return [Task(v.name, seed, study.config(v, seed), out / "runs" / slug(v.name) / f"seed-{seed}")
+    return [Task(v.name, seed, study.config(v, seed), out / "runs" / slug(v.name) / f"seed-{seed}",
+                 {"study": study.name, "variant": v.name, "swept": v.swept, "group": v.group})
             for v, seed in study.runs()]
 
 
@@ -131,58 +134,48 @@ def failure_text(path: Path, error: Exception) -> str:
 
 def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task],
                 ray=None) -> list[Task]:
+    """Hand the unfinished runs to an executor: a function (todo, progress) -> failed tasks
+    that trains each task into its folder. Three exist: one at a time in this process,
+    `jobs` local processes, and Ray tasks (ray_runner.run)."""
     rundir.write_json(out / "study.json", study.to_dict())
     todo = [t for t in tasks if not rundir.is_finished(t.path)]
     for t in todo:
-        t.resume = resumable(t.path)
-        if t.path.exists() and not t.resume:  # crashed before its first epoch, or failed
-            shutil.rmtree(t.path)
+        t.resume = rundir.prepare_unfinished(t.path)
     progress = StudyProgress(len(tasks), len(tasks) - len(todo),
                              sum(t.cfg.epochs for t in todo), live=verbose and sys.stdout.isatty(),
                              enabled=verbose)
     progress.begin(out)
-    failed: list[Task] = []
     if not todo:
-        return failed
+        return []
     if ray is not None:
         from . import ray_runner
-        return ray_runner.run(study, todo, progress, ray, _labels)
+        return ray_runner.run(todo, progress, ray)
     # Decode the data once here so every job reads it from the cache in a fraction of a second.
     from .data import load_cifar10
     for source in {t.cfg.data for t in todo}:
         load_cifar10(source, progress=verbose)
     if jobs == 1:
-        for t in todo:
-            progress.start(t.key)
-            try:
-                result = train_run(t.cfg, t.path, verbose=False, labels=_labels(study, t),
-                                   resume=t.resume,
-                                   on_epoch_end=lambda row, t=t: progress.epoch(
-                                       t.key, row["epoch"], t.cfg.epochs))
-                progress.finish(t.key, result.metrics)
-            except CifarlabError as e:
-                failed.append(t)
-                progress.fail(t.key, str(e))
-            except Exception as e:  # a bug or a resource error: reported, the others go on
-                failed.append(t)
-                progress.fail(t.key, failure_text(t.path, e))
-        return failed
-    return _run_parallel(study, todo, jobs, progress)
+        return _run_here(todo, progress)
+    return _run_parallel(todo, jobs, progress)
 
 
-def resumable(path: Path) -> bool:
-    """An interrupted run that can continue: a checkpoint, and no failure recorded."""
-    if not (path / rundir.CHECKPOINT).is_file() or not (path / "config.json").is_file():
-        return False
-    if not (path / "metrics.json").is_file():
-        return True
-    return rundir.read_json(path / "metrics.json").get("status") != "failed"
-
-
-def _labels(study: Study, t: Task) -> dict:
-    variant = next(v for v in study.variants if v.name == t.variant)
-    return {"study": study.name, "variant": t.variant, "swept": variant.swept,
-            "group": variant.group}
+def _run_here(todo: list[Task], progress: StudyProgress) -> list[Task]:
+    """The executor for --jobs 1: each run in this process, one after the other."""
+    failed = []
+    for t in todo:
+        progress.start(t.key)
+        try:
+            result = train_run(t.cfg, t.path, verbose=False, labels=t.labels, resume=t.resume,
+                               on_epoch_end=lambda row, t=t: progress.epoch(
+                                   t.key, row["epoch"], t.cfg.epochs))
+            progress.finish(t.key, result.metrics)
+        except CifarlabError as e:
+            failed.append(t)
+            progress.fail(t.key, str(e))
+        except Exception as e:  # a bug or a resource error: reported, the others go on
+            failed.append(t)
+            progress.fail(t.key, failure_text(t.path, e))
+    return failed
 
 
 # --------------------------------------------------------------------------- parallel jobs
@@ -216,8 +209,8 @@ def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool)
     global _STOPPING
     if _STOPPING:
         return None
-    cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
-    _QUEUE.put(("start", key, 0, cfg.epochs))
+    cfg = RunConfig.from_plain(cfg_dict)
+    _QUEUE.put(("start", key, None))
     try:
         result = train_run(cfg, path, verbose=False, labels=labels, resume=resume,
                            on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
@@ -232,7 +225,9 @@ def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool)
     return result.metrics
 
 
-def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[Task]:
+def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[Task]:
+    """The executor for --jobs N: N spawned job processes, each with its share of the CPUs
+    (or one GPU each)."""
     import torch
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     queue = ctx.Queue()
@@ -247,13 +242,13 @@ def _run_parallel(study: Study, todo: list[Task], jobs: int, progress) -> list[T
     failed: list[Task] = []
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, queue, devices)) as pool:
-        futures = {pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path),
-                               _labels(study, t), t.resume): t for t in todo}
+        futures = {pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path), t.labels,
+                               t.resume): t for t in todo}
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(queue, progress)
+                drain(queue, progress)
                 for f in done:
                     t = futures[f]
                     try:
@@ -286,114 +281,3 @@ def _stop_workers(pool: ProcessPoolExecutor, pending) -> None:
     for p in processes:
         if p.is_alive():
             p.kill()
-
-
-def _drain(queue, progress) -> None:
-    while True:
-        try:
-            kind, key, epoch, epochs = queue.get_nowait()
-        except Exception:  # queue.Empty, or a queue torn down by an interrupt
-            return
-        if kind == "start":
-            progress.start(key)
-        else:
-            progress.epoch(key, epoch, epochs)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class StudyProgress:
-    """Runs done / running / waiting, each running run's epoch, and the time left.
-
-    On a terminal: one live bar over the study's planned epochs. In a file or pipe: one
-    line per finished run.
-    """
-
-    def __init__(self, total: int, skipped: int, planned_epochs: int, live: bool,
-                 enabled: bool = True):
-        self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
-        self.done = skipped
-        self.running: dict[str, str] = {}
-        self.planned = planned_epochs
-        self.epochs_done = 0
-        self.started = time.perf_counter()
-        self.bar = None
-        self._run_epochs: dict[str, int] = {}
-
-    def begin(self, out: Path) -> None:
-        if not self.enabled:
-            return
-        print(f"Study in {out}: {self.total} runs, {self.skipped} already finished, "
-              f"{self.total - self.skipped} to train ({self.planned} epochs at most).",
-              flush=True)
-        if self.live and self.total > self.skipped:
-            from tqdm import tqdm
-            self.bar = tqdm(total=self.planned, unit="epoch", file=sys.stdout,
-                            dynamic_ncols=True)
-            self._describe()
-
-    def note(self, line: str) -> None:
-        if self.enabled:
-            self._print(line)
-
-    def waiting(self) -> int:
-        return self.total - self.done - len(self.running)
-
-    def eta(self) -> str:
-        if not self.epochs_done:
-            return "unknown"
-        seconds = (time.perf_counter() - self.started) / self.epochs_done * \
-            max(0, self.planned - self.epochs_done)
-        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-    def _describe(self) -> None:
-        if self.bar is not None:
-            self.bar.set_description(f"runs {self.done}/{self.total} done, {len(self.running)} "
-                                     f"running, {self.waiting()} waiting", refresh=False)
-            self.bar.set_postfix_str("; ".join(f"{k}: {v}" for k, v in self.running.items()))
-
-    def start(self, key: str) -> None:
-        self.running[key] = "starting"
-        self._run_epochs[key] = 0
-        self._describe()
-
-    def epoch(self, key: str, epoch: int, epochs: int) -> None:
-        self.running[key] = f"epoch {epoch}/{epochs}"
-        self._run_epochs[key] = epoch
-        self.epochs_done += 1
-        if self.bar is not None:
-            self._describe()
-            self.bar.update(1)
-
-    def _end(self, key: str, epochs: int | None) -> None:
-        self.running.pop(key, None)
-        self.done += 1
-        run_epochs = self._run_epochs.pop(key, 0)
-        if epochs is not None and run_epochs < epochs:  # stopped early: fewer epochs to go
-            self.planned -= epochs - run_epochs
-            if self.bar is not None:
-                self.bar.total = self.planned
-        self._describe()
-
-    def finish(self, key: str, metrics: dict) -> None:
-        planned = metrics.get("planned_epochs")
-        self._end(key, planned)
-        if self.enabled:
-            self._print(f"[{self.done}/{self.total}] {key}: test accuracy "
-                        f"{metrics['test_accuracy']:.4f} after {metrics['epochs_run']} epochs "
-                        f"({metrics['train_time_s']:.0f} s); {len(self.running)} running, "
-                        f"{self.waiting()} waiting, about {self.eta()} left")
-
-    def fail(self, key: str, message: str) -> None:
-        self._end(key, None)
-        if self.enabled:
-            self._print(f"[{self.done}/{self.total}] {key} FAILED: {message}")
-
-    def _print(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stdout)
-            if self.done == self.total:
-                self.bar.close()
-        else:
-            print(line, flush=True)

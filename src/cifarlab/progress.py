@@ -1,0 +1,126 @@
+"""What a study shows while it runs: one progress display fed by every executor.
+
+Executors (local job processes, Ray tasks) send small messages from wherever a run trains;
+`drain` hands them to the display:
+
+    ("start", key, where)          a run began; `where` (host, threads...) or None
+    ("epoch", key, epoch, epochs)  a run finished an epoch
+"""
+
+from __future__ import annotations
+
+import queue as queues
+import sys
+import time
+from pathlib import Path
+
+
+def drain(queue, progress: "StudyProgress") -> None:
+    """Show every message waiting in `queue` (a multiprocessing or Ray queue)."""
+    while True:
+        try:
+            message = queue.get_nowait()
+        except (queues.Empty, OSError, ValueError, EOFError):  # empty, or torn down by an
+            return                                             # interrupt
+        if message[0] == "start":
+            progress.start(message[1])
+            if message[2]:
+                progress.note(f"started {message[1]} on {message[2]}")
+        else:
+            progress.epoch(*message[1:])
+
+
+class StudyProgress:
+    """Runs done / running / waiting, each running run's epoch, and the time left.
+
+    On a terminal: one live bar over the study's planned epochs. In a file or pipe: one
+    line per finished run.
+    """
+
+    def __init__(self, total: int, skipped: int, planned_epochs: int, live: bool,
+                 enabled: bool = True):
+        self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
+        self.done = skipped
+        self.running: dict[str, str] = {}
+        self.planned = planned_epochs
+        self.epochs_done = 0
+        self.started = time.perf_counter()
+        self.bar = None
+        self._run_epochs: dict[str, int] = {}
+
+    def begin(self, out: Path) -> None:
+        if not self.enabled:
+            return
+        print(f"Study in {out}: {self.total} runs, {self.skipped} already finished, "
+              f"{self.total - self.skipped} to train ({self.planned} epochs at most).",
+              flush=True)
+        if self.live and self.total > self.skipped:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.planned, unit="epoch", file=sys.stdout,
+                            dynamic_ncols=True)
+            self._describe()
+
+    def note(self, line: str) -> None:
+        if self.enabled:
+            self._print(line)
+
+    def waiting(self) -> int:
+        return self.total - self.done - len(self.running)
+
+    def eta(self) -> str:
+        if not self.epochs_done:
+            return "unknown"
+        seconds = (time.perf_counter() - self.started) / self.epochs_done * \
+            max(0, self.planned - self.epochs_done)
+        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+    def _describe(self) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"runs {self.done}/{self.total} done, {len(self.running)} "
+                                     f"running, {self.waiting()} waiting", refresh=False)
+            self.bar.set_postfix_str("; ".join(f"{k}: {v}" for k, v in self.running.items()))
+
+    def start(self, key: str) -> None:
+        self.running[key] = "starting"
+        self._run_epochs[key] = 0
+        self._describe()
+
+    def epoch(self, key: str, epoch: int, epochs: int) -> None:
+        self.running[key] = f"epoch {epoch}/{epochs}"
+        self._run_epochs[key] = epoch
+        self.epochs_done += 1
+        if self.bar is not None:
+            self._describe()
+            self.bar.update(1)
+
+    def _end(self, key: str, epochs: int | None) -> None:
+        self.running.pop(key, None)
+        self.done += 1
+        run_epochs = self._run_epochs.pop(key, 0)
+        if epochs is not None and run_epochs < epochs:  # stopped early: fewer epochs to go
+            self.planned -= epochs - run_epochs
+            if self.bar is not None:
+                self.bar.total = self.planned
+        self._describe()
+
+    def finish(self, key: str, metrics: dict) -> None:
+        planned = metrics.get("planned_epochs")
+        self._end(key, planned)
+        if self.enabled:
+            self._print(f"[{self.done}/{self.total}] {key}: test accuracy "
+                        f"{metrics['test_accuracy']:.4f} after {metrics['epochs_run']} epochs "
+                        f"({metrics['train_time_s']:.0f} s); {len(self.running)} running, "
+                        f"{self.waiting()} waiting, about {self.eta()} left")
+
+    def fail(self, key: str, message: str) -> None:
+        self._end(key, None)
+        if self.enabled:
+            self._print(f"[{self.done}/{self.total}] {key} FAILED: {message}")
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+            if self.done == self.total:
+                self.bar.close()
+        else:
+            print(line, flush=True)
