@@ -207,170 +207,34 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     run (a stop request, divergence, early stopping) is taken jointly, so no process is
     left waiting for the others.
     """
-    device = train.y.device
-    net.train()
-    model = net
-    if group is not None:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                        else None)
-    compile_s = 0.0
-    if cfg.compile:
-        model, compile_s = compile_model(model, net, train, cfg, group)
-    opt = make_optimizer(net, cfg)
-    steps = len(train) if group is None else train.num_images // train.batch_size + \
-        (train.num_images % train.batch_size >= group.world_size)
-    world = group.world_size if group is not None else 1
-    planned, planning_s, plan = cfg.epochs * steps, 0.0, None
-    if resume is not None:
-        planned = resume.get("planned_steps", planned)
-    elif cfg.budget:
-        plan = plan_steps(net, train, val.num_images, cfg, steps)
-        if group is not None:
-            plan.steps = group.broadcast(plan.steps)
-        planned, planning_s = plan.steps, plan.measuring_s
-    epochs = -(-planned // steps)
-    schedule = make_schedule(opt, cfg, planned, plan)
-    # Summed, then divided by the global batch size: the gradient DDP averages over the
-    # processes is then exactly the one-process gradient, whatever the slices' sizes.
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
-    tracker = make_tracker(cfg)
-    augmentation = parse_augment(cfg.augment)
-    result = FitResult(tracker=tracker, planned_steps=planned, planned_epochs=epochs,
-                       train_time_s=planning_s, compile_s=compile_s)
-    first, stop = 1, False
-    if resume is not None:
-        net.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(resume["schedule"])
-        tracker.load_state_dict(resume["tracker"])
-        set_rng_state(resume["rng"])
-        result.history = [dict(row) for row in resume["history"]]
-        result.train_time_s = resume["train_time_s"]
-        result.bn_reestimated = list(resume.get("bn_reestimated", []))
-        first, stop = resume["epoch"] + 1, resume["stopped"]
-        result.stopped_early = stop
-    progress = Progress(epochs, steps, enabled=verbose)
-    if verbose and cfg.compile:
-        print(f"Compiled the network in {compile_s:.1f} s (not counted as training time)",
-              flush=True)
-    if verbose and cfg.budget and resume is None:
-        print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, as "
-              f"measured in {planning_s:.1f} s", flush=True)
-    done_steps = (first - 1) * steps
-
-    def replan(spent: float, phase_s: list[float], validation: float) -> tuple[int, int]:
-        """Plan the rest of the budget from the speed measured so far (every process takes
-        rank 0's plan); returns the planned steps and epochs."""
-        plan.replan(done_steps, budget_left(cfg, spent), epoch_steps, phase_s, validation,
-                    cfg.progressive)
-        if group is not None:
-            plan.steps = group.broadcast(plan.steps)
-        result.planned_steps = plan.steps
-        result.planned_epochs = progress.epochs = -(-plan.steps // steps)
-        return result.planned_steps, result.planned_epochs
-
-    replanning = plan is not None and cfg.schedule in ("linear", "constant")
-    epoch = first - 1
-    while epoch < epochs and not stop:
+    loop = _Loop.build(net, train, val.num_images, cfg, verbose, stop_requested, group, resume)
+    result, pacer, tracker = loop.result, loop.pacer, loop.result.tracker
+    epoch, stop = loop.first - 1, loop.stopped
+    while epoch < pacer.epochs and not stop:
         epoch += 1
-        half_res = cfg.progressive * planned  # steps before this one train on 16x16 images
-        epoch_steps = [0, 0]  # half-size and full-size steps of this epoch ...
-        phase_s = [0.0, 0.0]  # ... and the seconds they took
-        start = mark = time.perf_counter()
-        seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed + (group.rank if group is not None else 0))  # dropout draws
-        lr = opt.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0  # images of the epoch, over all processes
-        progress.start(epoch)
-        batches = train.shuffled(torch.Generator().manual_seed(seed), augmentation, cfg.seed,
-                                 epoch, group=group)
-        for step, (x, y) in enumerate(batches, 1):
-            if done_steps >= planned:
-                break
-            if done_steps < half_res:
-                x = downsample(x)
-            elif epoch_steps[0] and not epoch_steps[1]:  # the switch to full size
-                now = time.perf_counter()
-                phase_s[0], mark = now - mark, now
-            epoch_steps[done_steps >= half_res] += 1
-            done_steps += 1
-            global_n = min(train.batch_size, train.num_images - (step - 1) * train.batch_size)
-            seen += global_n
-            with autocast(device):
-                logits = model(x)
-                loss_total = loss_fn(logits.float(), y)
-                loss = loss_total * (world / global_n)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if schedule is not None:
-                schedule.step()
-            loss_sum += loss_total.detach()
-            correct += (logits.argmax(1) == y).sum()
-            # On CPU reading the loss costs nothing; on a GPU it would stall the pipeline,
-            # so there it is checked once an epoch, below.
-            bad = device.type == "cpu" and not math.isfinite(loss.item())
-            asked = stop_requested() if stop_requested is not None else 0
-            if group is not None and (device.type == "cpu" or step % 50 == 0):
-                asked, bad = group.any(asked), group.any(int(bad))
-            if bad:
-                raise diverged(epoch, step, cfg)
-            progress.step(step, loss_sum, correct, train.batch_size // world)
-            if replanning and done_steps % plan.every == 0 and done_steps < planned:
-                # Within the epoch too, so a budget shorter than an epoch also holds.
-                now = time.perf_counter()
-                so_far = list(phase_s)
-                so_far[epoch_steps[1] > 0] += now - mark
-                planned, epochs = replan(result.train_time_s + (now - start), so_far,
-                                         plan.validation)
-                # Never back to half size once full-size steps have begun.
-                half_res = min(cfg.progressive * planned, half_res if not epoch_steps[1]
-                               else done_steps)
-            if asked:
-                progress.close()
-                raise Interrupted(asked)
-        if group is not None:
-            loss_sum, correct = group.all_sum(loss_sum, correct)
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise diverged(epoch, steps, cfg)
-        val_start = time.perf_counter()
-        phase_s[epoch_steps[1] > 0] += val_start - mark
-        if normstats.should_reestimate(net, done_steps, cfg.bn_reestimate):
+        loss, accuracy, lr = _train_epoch(loop, epoch)
+        val_start = pacer.end_training()
+        if normstats.should_reestimate(net, pacer.done, cfg.bn_reestimate):
             normstats.reestimate(net, normstats.training_batches(
-                train, train.batch_size // world, cfg.split_seed)[0])
+                train, train.batch_size // loop.world, cfg.split_seed)[0])
             result.bn_reestimated.append(epoch)
         val_loss, val_acc = validate(net, val, group)
         val_s = time.perf_counter() - val_start
-        row = {"epoch": epoch, "loss": train_loss, "accuracy": correct.item() / seen,
-               "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-               "epoch_time_s": time.perf_counter() - start}
+        row = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+               "val_accuracy": val_acc, "lr": lr,
+               "epoch_time_s": time.perf_counter() - pacer.epoch_started}
         result.history.append(row)
         result.train_time_s += row["epoch_time_s"]
         stop = tracker.update(epoch, row, net)
         if group is not None:  # rank 0 decides, so the processes cannot disagree
             stop = group.broadcast(stop)
         result.stopped_early = stop
-        if replanning and not stop and epoch < epochs:
-            # Re-plan the rest from this epoch's real speed (so the budget holds on a
-            # machine whose speed drifts); the schedule stretches or shrinks to match.
-            planned, epochs = replan(result.train_time_s, phase_s, val_s)
-            if schedule is not None:  # the rate for the next step, on the new plan
-                for g, base in zip(opt.param_groups, schedule.base_lrs):
-                    g["lr"] = base * linear_shape(done_steps, planned)
-        progress.end(row, epochs)
+        if not stop and epoch < pacer.epochs and pacer.replan_after_epoch(result.train_time_s,
+                                                                          val_s):
+            loop.follow_plan(restart_schedule=True)
+        loop.progress.end(row, pacer.epochs)
         if checkpoint is not None:
-            checkpoint({"epoch": epoch, "stopped": stop, "planned_steps": planned,
-                        "model": net.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "schedule": schedule.state_dict() if schedule is not None else None,
-                        "tracker": tracker.state_dict(), "rng": rng_state(),
-                        "history": result.history, "train_time_s": result.train_time_s,
-                        "bn_reestimated": result.bn_reestimated})
+            checkpoint(loop.state(epoch, stop))
         if on_epoch_end is not None:
             on_epoch_end(row)
         if stop and verbose:
@@ -384,6 +248,251 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
             print(f"Restored the weights of epoch {tracker.best_epoch} "
                   f"({tracker.monitor} {tracker.best:.4f}).", flush=True)
     return result
+
+
+def _train_epoch(loop: "_Loop", epoch: int) -> tuple[float, float, float]:
+    """One epoch of training steps; returns its loss, accuracy and learning rate."""
+    cfg, train, pacer, device = loop.cfg, loop.train, loop.pacer, loop.device
+    pacer.begin_epoch()
+    seed = epoch_seed(cfg.seed, epoch)
+    torch.manual_seed(seed + (loop.group.rank if loop.group is not None else 0))  # dropout
+    lr = loop.opt.param_groups[0]["lr"]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0  # images of the epoch, over all processes
+    loop.progress.start(epoch)
+    batches = train.shuffled(torch.Generator().manual_seed(seed), loop.augmentation, cfg.seed,
+                             epoch, group=loop.group)
+    for step, (x, y) in enumerate(batches, 1):
+        x = pacer.admit(x)  # None once the plan's steps are all taken
+        if x is None:
+            break
+        global_n = min(train.batch_size, train.num_images - (step - 1) * train.batch_size)
+        seen += global_n
+        logits, loss_total = loop.step(x, y, global_n)
+        loss_sum += loss_total.detach()
+        correct += (logits.argmax(1) == y).sum()
+        asked = _agree_on_stopping(loop, epoch, step, loss_total)
+        loop.progress.step(step, loss_sum, correct, train.batch_size // loop.world)
+        if pacer.replan_within_epoch(loop.result.train_time_s):
+            loop.follow_plan()
+        if asked:
+            loop.progress.close()
+            raise Interrupted(asked)
+    if loop.group is not None:
+        loss_sum, correct = loop.group.all_sum(loss_sum, correct)
+    train_loss = loss_sum.item() / seen
+    if not math.isfinite(train_loss):
+        raise diverged(epoch, loop.steps, cfg)
+    return train_loss, correct.item() / seen, lr
+
+
+def _agree_on_stopping(loop: "_Loop", epoch: int, step: int, loss: torch.Tensor) -> int:
+    """After a step: a diverged loss raises; returns the signal of a requested stop (0 for
+    none). With several processes both are agreed, so all stop at the same step."""
+    # On CPU reading the loss costs nothing; on a GPU it would stall the pipeline, so there
+    # it is checked once an epoch (in _train_epoch).
+    bad = loop.device.type == "cpu" and not math.isfinite(loss.item())
+    asked = loop.stop_requested() if loop.stop_requested is not None else 0
+    if loop.group is not None and (loop.device.type == "cpu" or step % 50 == 0):
+        asked, bad = loop.group.any(asked), loop.group.any(int(bad))
+    if bad:
+        raise diverged(epoch, step, loop.cfg)
+    return asked
+
+
+class Pacer:
+    """How many steps the run takes and how each is shaped: the epochs' worth, or what a
+    time budget buys (re-planned from the measured speed during and after every epoch),
+    and which of them train on half-size images (the first `cfg.progressive` share).
+
+    The loop tells it when an epoch begins and ends training (`begin_epoch`,
+    `end_training`), hands it every batch (`admit`), and asks after each step and each
+    epoch whether to re-plan; it tells the loop `planned` steps, `epochs`, and `done`."""
+
+    def __init__(self, cfg: RunConfig, steps_per_epoch: int, planned: int,
+                 plan: "Plan | None" = None, group=None, done: int = 0):
+        self.cfg, self.steps_per_epoch, self.planned, self.plan = cfg, steps_per_epoch, \
+            planned, plan
+        self.group, self.done = group, done
+        # Only schedules that follow a moving plan can be re-planned (see make_schedule).
+        self.replanning = plan is not None and cfg.schedule in ("linear", "constant")
+        self.begin_epoch()
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.planned // self.steps_per_epoch)
+
+    def begin_epoch(self) -> None:
+        self.half_res = self.cfg.progressive * self.planned  # steps before: 16x16 images
+        self.epoch_steps = [0, 0]  # half-size and full-size steps of this epoch ...
+        self.phase_s = [0.0, 0.0]  # ... and the seconds they took
+        self.epoch_started = self.mark = time.perf_counter()
+
+    def admit(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The batch as the next step trains on it, or None when the plan is complete."""
+        if self.done >= self.planned:
+            return None
+        if self.done < self.half_res:
+            x = downsample(x)
+        elif self.epoch_steps[0] and not self.epoch_steps[1]:  # the switch to full size
+            now = time.perf_counter()
+            self.phase_s[0], self.mark = now - self.mark, now
+        self.epoch_steps[self.done >= self.half_res] += 1
+        self.done += 1
+        return x
+
+    def end_training(self) -> float:
+        """The epoch's training steps are over (validation follows); returns the time."""
+        now = time.perf_counter()
+        self.phase_s[self.epoch_steps[1] > 0] += now - self.mark
+        return now
+
+    def replan_within_epoch(self, spent_before: float) -> bool:
+        """Every `plan.every` steps, so a budget shorter than an epoch also holds."""
+        if not (self.replanning and self.done % self.plan.every == 0
+                and self.done < self.planned):
+            return False
+        now = time.perf_counter()
+        so_far = list(self.phase_s)
+        so_far[self.epoch_steps[1] > 0] += now - self.mark
+        self._replan(spent_before + (now - self.epoch_started), so_far, self.plan.validation)
+        # Never back to half size once full-size steps have begun.
+        self.half_res = min(self.cfg.progressive * self.planned,
+                            self.half_res if not self.epoch_steps[1] else self.done)
+        return True
+
+    def replan_after_epoch(self, spent: float, validation_s: float) -> bool:
+        """From the finished epoch's real speed, so the budget holds on a machine whose
+        speed drifts; the schedule stretches or shrinks to match."""
+        if not self.replanning:
+            return False
+        self._replan(spent, self.phase_s, validation_s)
+        return True
+
+    def _replan(self, spent: float, phase_s: list[float], validation: float) -> None:
+        self.plan.replan(self.done, budget_left(self.cfg, spent), self.epoch_steps, phase_s,
+                         validation, self.cfg.progressive)
+        if self.group is not None:  # every process takes rank 0's plan
+            self.plan.steps = self.group.broadcast(self.plan.steps)
+        self.planned = self.plan.steps
+
+
+@dataclass
+class _Loop:
+    """Everything one `fit` call trains with, made once before the first epoch."""
+
+    net: nn.Module
+    model: nn.Module  # net, or its DDP / compiled wrapper: what the steps run
+    train: Batches
+    cfg: RunConfig
+    opt: torch.optim.Optimizer
+    schedule: object
+    loss_fn: nn.Module
+    augmentation: object
+    pacer: Pacer
+    progress: "Progress"
+    result: FitResult
+    steps: int  # per epoch
+    world: int
+    group: object
+    stop_requested: Callable[[], int] | None
+    first: int = 1  # the first epoch to train
+    stopped: bool = False  # a resumed run that had already stopped early
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.y.device
+
+    @classmethod
+    def build(cls, net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
+              verbose: bool, stop_requested, group, resume: dict | None) -> "_Loop":
+        model, device = net, train.y.device
+        if group is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            model = DistributedDataParallel(net, device_ids=[device.index]
+                                            if device.type == "cuda" else None)
+        compile_s = 0.0
+        if cfg.compile:
+            model, compile_s = compile_model(model, net, train, cfg, group)
+        opt = make_optimizer(net, cfg)
+        steps = len(train) if group is None else train.num_images // train.batch_size + \
+            (train.num_images % train.batch_size >= group.world_size)
+        planned, planning_s, plan = cfg.epochs * steps, 0.0, None
+        if resume is not None:
+            planned = resume.get("planned_steps", planned)
+        elif cfg.budget:
+            plan = plan_steps(net, train, val_images, cfg, steps)
+            if group is not None:
+                plan.steps = group.broadcast(plan.steps)
+            planned, planning_s = plan.steps, plan.measuring_s
+        done = (resume["epoch"] * steps) if resume is not None else 0
+        pacer = Pacer(cfg, steps, planned, plan, group, done)
+        result = FitResult(tracker=make_tracker(cfg), planned_steps=planned,
+                           planned_epochs=pacer.epochs, train_time_s=planning_s,
+                           compile_s=compile_s)
+        loop = cls(net, model, train, cfg, opt, make_schedule(opt, cfg, planned, plan),
+                   # Summed, then divided by the global batch size: the gradient DDP
+                   # averages over the processes is then exactly the one-process gradient,
+                   # whatever the slices' sizes.
+                   nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+                   parse_augment(cfg.augment), pacer, Progress(pacer.epochs, steps, verbose),
+                   result, steps, group.world_size if group is not None else 1, group,
+                   stop_requested)
+        if resume is not None:
+            loop.restore(resume)
+        if verbose and cfg.compile:
+            print(f"Compiled the network in {compile_s:.1f} s (not counted as training time)",
+                  flush=True)
+        if verbose and cfg.budget and resume is None:
+            print(f"Budget {cfg.budget}: {planned} steps ({planned / steps:.2f} epochs) fit, "
+                  f"as measured in {planning_s:.1f} s", flush=True)
+        return loop
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_n: int):
+        """One optimiser step on this process's slice `x` of a global batch of `global_n`
+        images; returns the logits and the slice's summed loss."""
+        with autocast(self.device):
+            logits = self.model(x)
+            loss_total = self.loss_fn(logits.float(), y)
+            loss = loss_total * (self.world / global_n)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        return logits, loss_total
+
+    def follow_plan(self, restart_schedule: bool = False) -> None:
+        """The pacer re-planned: show the new length; after an epoch, also set the rate for
+        the next step on the new plan."""
+        self.result.planned_steps = self.pacer.planned
+        self.result.planned_epochs = self.progress.epochs = self.pacer.epochs
+        if restart_schedule and self.schedule is not None:
+            for g, base in zip(self.opt.param_groups, self.schedule.base_lrs):
+                g["lr"] = base * linear_shape(self.pacer.done, self.pacer.planned)
+
+    def state(self, epoch: int, stopped: bool) -> dict:
+        """Everything `restore` needs to continue after `epoch` exactly."""
+        return {"epoch": epoch, "stopped": stopped, "planned_steps": self.pacer.planned,
+                "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "tracker": self.result.tracker.state_dict(), "rng": rng_state(),
+                "history": self.result.history, "train_time_s": self.result.train_time_s,
+                "bn_reestimated": self.result.bn_reestimated}
+
+    def restore(self, resume: dict) -> None:
+        self.net.load_state_dict(resume["model"])
+        self.opt.load_state_dict(resume["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(resume["schedule"])
+        self.result.tracker.load_state_dict(resume["tracker"])
+        set_rng_state(resume["rng"])
+        self.result.history = [dict(row) for row in resume["history"]]
+        self.result.train_time_s = resume["train_time_s"]
+        self.result.bn_reestimated = list(resume.get("bn_reestimated", []))
+        self.first, self.stopped = resume["epoch"] + 1, resume["stopped"]
+        self.result.stopped_early = self.stopped
 
 
 def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConfig,
