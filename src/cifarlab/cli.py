@@ -78,11 +78,12 @@ EXAMPLES = {
     "study": "examples:\n"
              "  cifarlab study --list\n"
              "  cifarlab study seed --print > my-study.toml\n"
-             "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 2 --fraction 0.1 "
-             "--max-epochs 4 --jobs 2 --out runs/seed-small\n"
+             "  cifarlab study quick --data ../shared/data/cifar10-jpeg --jobs 2 --out runs/quick\n"
+             "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 5 --fraction 0.1 "
+             "--max-epochs 10 --jobs 2 --out runs/seed-small\n"
              "  cifarlab study my-study.toml --out runs/mine\n"
              "  cifarlab study my-study.toml --executor ray --address head-node:6379",
-    "report": "example:\n  cifarlab report runs/seed-small",
+    "report": "example:\n  cifarlab report runs/quick",
     "export": "examples:\n  cifarlab export runs/batchnorm-20261129-101500 --format onnx\n"
               "  cifarlab export runs/batchnorm-20261129-101500 --format torchscript",
     "predict": "examples:\n  cifarlab predict runs/batchnorm-20261129-101500 cat.jpg holiday/\n"
@@ -330,15 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("train", "train one network and write its run folder")
+    _add_train(command("train", "train one network and write its run folder"))
+    p = command("evaluate", "re-create a run's test report and confusion matrix")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", help="data to evaluate on (default: the run's own)")
+    p.set_defaults(func=cmd_evaluate)
+    command("models", "list the network presets and their parameter counts").set_defaults(
+        func=cmd_models)
+    _add_study(command("study", "run a whole study (variants x seeds) and write its report"))
+    _add_results(command)
+    return parser
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an unfinished run from its last complete epoch")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--force-unlock", action="store_true",
-                   help="take over a lock that another host left on the folder (only when "
-                        "that run is really gone)")
+    _add_force_unlock(p)
     p.add_argument("--track", metavar="KIND", help="also log to tensorboard, mlflow or both "
                    "(comma-separated); needs pip install 'cifarlab[trackers]'")
     p.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI (default "
@@ -351,15 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = command("evaluate", "re-create a run's test report and confusion matrix")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", help="data to evaluate on (default: the run's own)")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = command("models", "list the network presets and their parameter counts")
-    p.set_defaults(func=cmd_models)
-
-    p = command("study", "run a whole study (variants x seeds) and write its report")
+def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", nargs="?", metavar="FILE_OR_NAME",
                    help="a study TOML file or a built-in study name")
     p.add_argument("--list", action="store_true", help="list the built-in studies")
@@ -387,19 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
                    help="multiply every variant's training fraction by F")
     p.add_argument("--max-epochs", type=_typed(int), metavar="N", help="cap every run's epochs")
-    p.add_argument("--force-unlock", action="store_true",
-                   help="take over a lock that another host left on the folder (only when "
-                        "that run is really gone)")
-    p.add_argument("--equivalence", type=_delta, metavar="DELTA",
-                   help="smallest test-accuracy difference of interest, e.g. 0.01: "
-                        "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
+    _add_force_unlock(p)
+    _add_equivalence(p)
     p.set_defaults(func=cmd_study)
 
+
+def _add_results(command) -> None:
+    """The commands that read finished runs: report, predict, export, compare."""
     p = command("report", "rebuild a study's report.html and report.md from its run folders")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--equivalence", type=_delta, metavar="DELTA",
-                   help="smallest test-accuracy difference of interest, e.g. 0.01: "
-                        "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
+    _add_equivalence(p)
     p.set_defaults(func=cmd_report)
 
     p = command("predict", "classify your own pictures (any size or format) with a trained run")
@@ -420,11 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", "compare run folders (or study folders) with statistics over seeds")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="also write report.html and report.md here")
+    _add_equivalence(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_equivalence(p: argparse.ArgumentParser) -> None:
     p.add_argument("--equivalence", type=_delta, metavar="DELTA",
                    help="smallest test-accuracy difference of interest, e.g. 0.01: "
                         "comparisons inside ±DELTA can be shown equivalent (two one-sided tests)")
-    p.set_defaults(func=cmd_compare)
-    return parser
+
+
+def _add_force_unlock(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-unlock", action="store_true",
+                   help="take over a lock that another host left on the folder (only when "
+                        "that run is really gone)")
 
 
 def main(argv: list[str] | None = None) -> int:

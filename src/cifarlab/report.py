@@ -319,18 +319,63 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
     """The report's opening: what the study decided, what it could not, what would."""
     rows = rows or table_rows(results)
     base = results.baseline
-    out = []
+    out = _scale_caveat(results)
+    kinds = _by_verdict(results, rows)
+    better, worse, equal, open_, few, same = (kinds[k] for k in (
+        "better", "worse", "equivalent", "inconclusive", "too few", "identical"))
+    if better:
+        out.append(f"Better than the baseline {base} in test accuracy: {'; '.join(better)}.")
+    if worse:
+        out.append(f"Worse than the baseline {base}: {'; '.join(worse)}.")
+    if equal:
+        out.append(f"Equivalent to {base} within ±{results.equivalence:g}: {'; '.join(equal)}.")
+    if open_:
+        out.append(_undecided(results, open_))
+    if few:
+        command = grow_command(results, stats.MIN_SEEDS)
+        out.append(f"No verdict for {', '.join(few)}: fewer than {stats.MIN_SEEDS} seeds "
+                   "cannot tell a difference from seed noise" +
+                   (f"; run `{command}`." if command else "."))
+    if same:
+        out.append(f"{', '.join(same)} gave exactly {base}'s test accuracy on every seed (the "
+                   "same weights were kept, e.g. early stopping restored the epoch the "
+                   "baseline ends on): there is no difference to test.")
+    if not any(kinds.values()) and len(results.groups) > 1:
+        out.append("No comparison could be made yet.")
+    for g in results.groups:
+        twin = _same_text(results, g.name)
+        if twin:
+            out.append(f"{g.name} is the {twin} (identical settings at this scale): it is "
+                       "trained once and not compared with itself.")
+    for row in rows:
+        s = row["test_accuracy"]
+        if s.n and s.mean < CHANCE:
+            out.append(f"{row['variant']} is near chance (test accuracy {s.mean:.2f}; 0.10 "
+                       "is guessing): at this scale it has not learnt, so its comparisons "
+                       "say little.")
+    return out + _warnings(results)
+
+
+def _scale_caveat(results: Results) -> list[str]:
+    """A first sentence when the study trained on less than CIFAR-10's full training set."""
     sizes = sorted({g.images for g in results.groups if g.images})
     span = f" on {sizes[0]:,}" + (f" to {sizes[-1]:,}" if len(sizes) > 1 else "") + \
         " training images" if sizes else ""
     if results.scale_text.startswith("SCALED"):
-        out.append(f"This study was scaled down ({results.scale_text[len('SCALED DOWN: '):]})"
-                   f" and trained{span}: its answers are about that scale and may not carry "
-                   "over to the full study.")
-    elif sizes and sizes[-1] < FULL_DATA:
-        out.append(f"This study trained{span} (CIFAR-10 has 50,000): its answers are about "
-                   "that scale and may not carry over to training on all of it.")
-    better, worse, equal, open_, few, same = [], [], [], [], [], []
+        return [f"This study was scaled down ({results.scale_text[len('SCALED DOWN: '):]})"
+                f" and trained{span}: its answers are about that scale and may not carry "
+                "over to the full study."]
+    if sizes and sizes[-1] < FULL_DATA:
+        return [f"This study trained{span} (CIFAR-10 has 50,000): its answers are about "
+                "that scale and may not carry over to training on all of it."]
+    return []
+
+
+def _by_verdict(results: Results, rows: list[dict]) -> dict[str, list]:
+    """The comparisons sorted by verdict: "better", "worse" and "equivalent" as sentences'
+    parts, "inconclusive" as (variant, comparison), the rest as variant names."""
+    kinds: dict[str, list] = {k: [] for k in ("better", "worse", "equivalent", "inconclusive",
+                                              "too few", "identical")}
     for row in rows:
         c = row["vs_baseline"]
         if c is None or _same_text(results, row["variant"]):
@@ -341,65 +386,35 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
         if not math.isnan(c.p_adjusted):
             text += f", Holm p={c.p_adjusted:.3f}"
         text += ")"
-        if c.verdict == "better":
-            better.append(text)
-        elif c.verdict == "worse":
-            worse.append(text)
-        elif c.verdict.startswith("equivalent"):
-            equal.append(text)
-        elif c.verdict.startswith("inconclusive"):
-            open_.append((row["variant"], c))
-        elif c.verdict.startswith("too few"):
-            few.append(row["variant"])
-        elif c.verdict.startswith("identical"):
-            same.append(row["variant"])
-    if better:
-        out.append(f"Better than the baseline {base} in test accuracy: {'; '.join(better)}.")
-    if worse:
-        out.append(f"Worse than the baseline {base}: {'; '.join(worse)}.")
-    if equal:
-        out.append(f"Equivalent to {base} within ±{results.equivalence:g}: {'; '.join(equal)}.")
-    if open_:
-        n = max(c.n for _, c in open_)
-        names = "; ".join(f"{name} ({_pct(c.diff)} points" + (
-            f", ~{c.seeds_for_target} seeds would detect 1 point)" if c.seeds_for_target
-            else ")") for name, c in open_)
-        text = (f"Not decided against {base} (inconclusive with {n} seeds: within seed "
-                f"noise): {names}.")
-        practical = [c.seeds_for_target for _, c in open_
-                     if c.seeds_for_target and c.seeds_for_target <= PRACTICAL_SEEDS]
-        command = grow_command(results, max(practical)) if practical else ""
-        if command:
-            text += (f" To decide those needing at most {max(practical)}: `{command}` "
-                     "(finished runs are kept).")
-        if len(practical) < len(open_):
-            text += (f" Beyond {PRACTICAL_SEEDS} seeds a 1-point difference is lost in seed "
-                     "noise at this scale: more data or epochs per run lower the noise.")
-        out.append(text)
-    if few:
-        command = grow_command(results, stats.MIN_SEEDS)
-        out.append(f"No verdict for {', '.join(few)}: fewer than {stats.MIN_SEEDS} seeds "
-                   "cannot tell a difference from seed noise" +
-                   (f"; run `{command}`." if command else "."))
-    if same:
-        out.append(f"{', '.join(same)} gave exactly {base}'s test accuracy on every seed (the "
-                   "same weights were kept, e.g. early stopping restored the epoch the "
-                   "baseline ends on): there is no difference to test.")
-    if not (better or worse or equal or open_ or few or same) and len(results.groups) > 1:
-        out.append("No comparison could be made yet.")
-    for g in results.groups:
-        same = _same_text(results, g.name)
-        if same:
-            out.append(f"{g.name} is the {same} (identical settings at this scale): it is "
-                       "trained once and not compared with itself.")
-    for row in rows:
-        s = row["test_accuracy"]
-        if s.n and s.mean < CHANCE:
-            out.append(f"{row['variant']} is near chance (test accuracy {s.mean:.2f}; 0.10 "
-                       "is guessing): at this scale it has not learnt, so its comparisons "
-                       "say little.")
-    out += _warnings(results)
-    return out
+        kind = next((k for k in kinds if c.verdict.startswith(k)), None)
+        if kind in ("better", "worse", "equivalent"):
+            kinds[kind].append(text)
+        elif kind == "inconclusive":
+            kinds[kind].append((row["variant"], c))
+        elif kind is not None:
+            kinds[kind].append(row["variant"])
+    return kinds
+
+
+def _undecided(results: Results, open_: list) -> str:
+    """The sentence on inconclusive comparisons: the seeds that would decide each, and the
+    command that grows the study to them when that is practical."""
+    n = max(c.n for _, c in open_)
+    names = "; ".join(f"{name} ({_pct(c.diff)} points" + (
+        f", ~{c.seeds_for_target} seeds would detect 1 point)" if c.seeds_for_target
+        else ")") for name, c in open_)
+    text = (f"Not decided against {results.baseline} (inconclusive with {n} seeds: within seed "
+            f"noise): {names}.")
+    practical = [c.seeds_for_target for _, c in open_
+                 if c.seeds_for_target and c.seeds_for_target <= PRACTICAL_SEEDS]
+    command = grow_command(results, max(practical)) if practical else ""
+    if command:
+        text += (f" To decide those needing at most {max(practical)}: `{command}` "
+                 "(finished runs are kept).")
+    if len(practical) < len(open_):
+        text += (f" Beyond {PRACTICAL_SEEDS} seeds a 1-point difference is lost in seed "
+                 "noise at this scale: more data or epochs per run lower the noise.")
+    return text
 
 
 def _warnings(results: Results) -> list[str]:
@@ -703,13 +718,51 @@ COMPARISON_NOTE = ("Δ is the variant's mean test accuracy minus the baseline's,
                    "80% power, at the strictest Holm threshold).")
 
 
-def _html(results, images, best, gallery, gallery_note, confused) -> str:
-    e = html.escape
+_STYLE = """body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+#results th { cursor: pointer; background: #f3f5f8; }
+#results th:hover { background: #e3e8ef; }
+td.better { color: #0a7d2c; font-weight: bold; } td.worse { color: #b00020; font-weight: bold; }
+td.open { color: #8a6d00; } td.same { color: #555; }
+ul.answer { font-size: 15px; background: #f6f8fb; border-left: 4px solid #3b6ea5;
+             padding: .6em 1em .6em 2em; } ul.answer li { margin: .3em 0; }
+.banner { background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 13px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.tile { width: 130px; font-size: 12px; } .tile img { width: 64px; height: 64px;
+        image-rendering: pixelated; display: block; }
+.note { color: #555; font-size: 13px; max-width: 60em; }
+"""
 
-    def img(png, alt):
-        return (f'<img alt="{e(alt)}" src="data:image/png;base64,'
-                f'{base64.b64encode(png).decode()}">')
-    table = table_rows(results)
+_SCRIPT = """document.querySelectorAll("#results th").forEach(function (th, col) {
+  th.addEventListener("click", function () {
+    var body = document.querySelector("#results tbody");
+    var rows = Array.from(body.rows);
+    var up = th.dataset.dir !== "up";
+    th.dataset.dir = up ? "up" : "down";
+    rows.sort(function (a, b) {
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      if (x === undefined || y === undefined) {
+        x = a.cells[col].textContent; y = b.cells[col].textContent;
+        return up ? x.localeCompare(y) : y.localeCompare(x);
+      }
+      x = x === "" ? -Infinity : parseFloat(x); y = y === "" ? -Infinity : parseFloat(y);
+      return up ? x - y : y - x;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+document.body.dataset.ready = document.images.length;
+"""
+
+
+def _html_rows(results: Results, table: list[dict]) -> tuple[list[str], list[str]]:
+    """The HTML rows of the two results tables: each variant, and each against the
+    baseline (numeric cells carry their value for sorting)."""
+    e = html.escape
     rows, cmp_rows = [], []
     for row in table:
         cells = [f'<td>{e(row["variant"])}</td>', f'<td>{e(row["trained_on"])}</td>',
@@ -729,6 +782,17 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
         cells.append(f'<td class="{cls}">{e(text["verdict"])}</td>')
         cells.append(f'<td>{e(text["decide"])}</td>')
         cmp_rows.append("<tr>" + "".join(cells) + "</tr>")
+    return rows, cmp_rows
+
+
+def _html(results, images, best, gallery, gallery_note, confused) -> str:
+    e = html.escape
+
+    def img(png, alt):
+        return (f'<img alt="{e(alt)}" src="data:image/png;base64,'
+                f'{base64.b64encode(png).decode()}">')
+    table = table_rows(results)
+    rows, cmp_rows = _html_rows(results, table)
     head = "".join(f"<th>{e(h)}</th>" for h in ["variant", "trained on", "seeds"]
                    + [m for _, m in METRICS])
     cmp_head = "".join(f"<th>{e(h)}</th>" for h in COMPARISON_HEAD)
@@ -756,24 +820,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(results.title)}</title>
 <style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
-       padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
-#results th {{ cursor: pointer; background: #f3f5f8; }}
-#results th:hover {{ background: #e3e8ef; }}
-td.better {{ color: #0a7d2c; font-weight: bold; }} td.worse {{ color: #b00020; font-weight: bold; }}
-td.open {{ color: #8a6d00; }} td.same {{ color: #555; }}
-ul.answer {{ font-size: 15px; background: #f6f8fb; border-left: 4px solid #3b6ea5;
-             padding: .6em 1em .6em 2em; }} ul.answer li {{ margin: .3em 0; }}
-.banner {{ background: #fff3cd; border: 1px solid #e0c36a; padding: .6em 1em; }}
-figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; }}
-figcaption {{ color: #555; font-size: 13px; }}
-.gallery {{ display: flex; flex-wrap: wrap; gap: 10px; }}
-.tile {{ width: 130px; font-size: 12px; }} .tile img {{ width: 64px; height: 64px;
-        image-rendering: pixelated; display: block; }}
-.note {{ color: #555; font-size: 13px; max-width: 60em; }}
-</style></head><body>
+{_STYLE}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
 <h2>What this study says</h2><ul class="answer">{said}</ul>
@@ -796,25 +843,6 @@ figcaption {{ color: #555; font-size: 13px; }}
 <p class="note">{e(gallery_note) or "The most confident mistakes of its first seed's run."}</p>
 <div class="gallery">{tiles}</div>
 <script>
-document.querySelectorAll("#results th").forEach(function (th, col) {{
-  th.addEventListener("click", function () {{
-    var body = document.querySelector("#results tbody");
-    var rows = Array.from(body.rows);
-    var up = th.dataset.dir !== "up";
-    th.dataset.dir = up ? "up" : "down";
-    rows.sort(function (a, b) {{
-      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-      if (x === undefined || y === undefined) {{
-        x = a.cells[col].textContent; y = b.cells[col].textContent;
-        return up ? x.localeCompare(y) : y.localeCompare(x);
-      }}
-      x = x === "" ? -Infinity : parseFloat(x); y = y === "" ? -Infinity : parseFloat(y);
-      return up ? x - y : y - x;
-    }});
-    rows.forEach(function (r) {{ body.appendChild(r); }});
-  }});
-}});
-document.body.dataset.ready = document.images.length;
-</script>
+{_SCRIPT}</script>
 </body></html>
 """

@@ -140,15 +140,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         for view in views:
             stack.callback(view.close)
             view.start(cfg.to_dict())
-        net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
         if verbose:
-            val_text = f"{len(val):,} validation images" if cfg.val_split else \
-                "validating on the test set (the original study's protocol)"
-            again = f"; resuming after epoch {state['epoch']}" if state else ""
-            print(f"{cfg.model}: {models.describe(net_cfg)}; "
-                  f"{models.count_parameters(net)[0]:,} trainable parameters\n"
-                  f"{len(train):,} training images, {val_text}; device {device}, "
-                  f"{torch.get_num_threads()} threads; writing {out}{again}", flush=True)
+            _announce(cfg, net, dataset, train, val, device, out, state)
         train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
         val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
         test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
@@ -170,28 +163,11 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
                          checkpoint=save_checkpoint if main else None, resume=state,
                          stop_requested=signalled, group=group)
-        except BudgetTooShort:
-            if main and not resume:  # nothing was trained: leave no run folder behind
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-        except Diverged as e:
-            if main:
-                rundir.write_json(out / "metrics.json", {
-                    "format_version": rundir.FORMAT_VERSION, "status": "failed",
-                    "error": str(e), "environment": environment(device, group)})
-            raise
-        except Interrupted as e:
-            done = _last_epoch(out)
-            saved = f"epochs 1-{done} are saved" if done else "no epoch had finished yet"
-            if main:
-                print(f"\nInterrupted ({signal.Signals(e.signum).name}); {saved}. Resume "
-                      f"with: cifarlab train --resume {out}", file=sys.stderr, flush=True)
-            raise
-        except RuntimeError as e:
-            if group is None:
+        except (BudgetTooShort, Diverged, Interrupted, RuntimeError) as e:
+            instead = _after_failed_fit(e, out, main, resume, device, group)
+            if instead is e:
                 raise
-            # A collective failed: gloo and NCCL report a dead or silent peer this way.
-            raise distributed.failure(e, out) from None
+            raise instead from None
         if not main:  # rank 0 alone evaluates and writes the results
             return RunResult(out, cfg, net, result, None, {})
         ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta)
@@ -204,6 +180,42 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     if verbose:
         print(summary_text(metrics, out), flush=True)
     return RunResult(out, cfg, net, result, ev, metrics)
+
+
+def _announce(cfg: RunConfig, net: nn.Module, dataset: Dataset, train, val, device, out: Path,
+              state: dict | None) -> None:
+    """The two lines a run opens with: the network, and what it trains on and where."""
+    net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
+    val_text = f"{len(val):,} validation images" if cfg.val_split else \
+        "validating on the test set (the original study's protocol)"
+    again = f"; resuming after epoch {state['epoch']}" if state else ""
+    print(f"{cfg.model}: {models.describe(net_cfg)}; "
+          f"{models.count_parameters(net)[0]:,} trainable parameters\n"
+          f"{len(train):,} training images, {val_text}; device {device}, "
+          f"{torch.get_num_threads()} threads; writing {out}{again}", flush=True)
+
+
+def _after_failed_fit(e: BaseException, out: Path, main: bool, resume: bool, device,
+                      group) -> BaseException:
+    """Leave the run folder right after `fit` raised `e`, and return what to raise."""
+    if isinstance(e, BudgetTooShort):
+        if main and not resume:  # nothing was trained: leave no run folder behind
+            shutil.rmtree(out, ignore_errors=True)
+    elif isinstance(e, Diverged):
+        if main:
+            rundir.write_json(out / "metrics.json", {
+                "format_version": rundir.FORMAT_VERSION, "status": "failed",
+                "error": str(e), "environment": environment(device, group)})
+    elif isinstance(e, Interrupted):
+        done = _last_epoch(out)
+        saved = f"epochs 1-{done} are saved" if done else "no epoch had finished yet"
+        if main:
+            print(f"\nInterrupted ({signal.Signals(e.signum).name}); {saved}. Resume "
+                  f"with: cifarlab train --resume {out}", file=sys.stderr, flush=True)
+    elif group is not None:
+        # A collective failed: gloo and NCCL report a dead or silent peer this way.
+        return distributed.failure(e, out)
+    return e
 
 
 def _last_epoch(out: Path) -> int:
