@@ -323,3 +323,17 @@ def test_threads_follow_the_cpus_this_process_may_use_or_cifarlab_threads(monkey
         monkeypatch.setenv("CIFARLAB_THREADS", bad)
         with pytest.raises(CifarlabError, match="CIFARLAB_THREADS must be"):
             cpu_threads()
+
+
+def test_a_world_size_left_in_the_environment_is_refused_not_obeyed(data_dir, tmp_path):
+    # Only torchrun makes a data-parallel run; a WORLD_SIZE exported in a shell (or set by
+    # another launcher) is named, not silently taken as a job of 2.
+    done = cifarlab(["train", *flags(data_dir), "--out", str(tmp_path / "r")], cwd=tmp_path,
+                    env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "cifarlab: error: WORLD_SIZE is 2 but this process was not started by torchrun "
+        "(TORCHELASTIC_RUN_ID is not set); start data-parallel runs with torchrun or cifarlab "
+        "train --nproc N, or unset WORLD_SIZE"]
+    assert not (tmp_path / "r").exists()

@@ -180,3 +180,19 @@ def test_schedules_follow_their_shape_over_the_planned_steps(dataset, tmp_path, 
         assert lrs[0] == pytest.approx(0.05) and lrs == sorted(lrs, reverse=True)
     else:  # one-cycle starts low (max/25), peaks, then falls
         assert lrs[0] == pytest.approx(0.05 / 25) and max(lrs) > lrs[0] and lrs[-1] < max(lrs)
+
+
+def test_a_run_leaves_the_callers_random_generators_as_they_were(dataset, tmp_path):
+    # A notebook that draws random numbers around a run must get the same sequence as
+    # without the run: cifarlab seeds and restores generators only on its own copies.
+    import random
+    torch.manual_seed(123)
+    random.seed(4)
+    np.random.seed(5)
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(123)
+    random.seed(4)
+    np.random.seed(5)
+    train_run(small(epochs=1, dropout=0.5), tmp_path / "run", data=dataset, verbose=False)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert (random.random(), np.random.rand()) == expected[1:]

@@ -82,7 +82,8 @@ class Group:
 
 
 def launched() -> bool:
-    """True inside a torchrun worker of a job with more than one process."""
+    """True when this process is one of several of a data-parallel job (WORLD_SIZE > 1);
+    `setup` refuses it unless torchrun started the process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -104,10 +105,14 @@ def setup(device_name: str = "auto", sync_bn: bool = False) -> Group:
     On CUDA each process takes the GPU of its local rank; on CPU the machine's cores are
     shared out so that the processes do not oversubscribe them (torchrun's own default is
     one thread each)."""
-    for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    # Data parallelism is used when torchrun started this process (it sets
+    # TORCHELASTIC_RUN_ID), never just because a WORLD_SIZE was left in the environment.
+    for key in ("TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
-            raise CifarlabError(f"WORLD_SIZE is set but {key} is not; start data-parallel runs "
-                                "with torchrun or cifarlab train --nproc N")
+            raise CifarlabError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but this process was "
+                                f"not started by torchrun ({key} is not set); start data-"
+                                "parallel runs with torchrun or cifarlab train --nproc N, or "
+                                "unset WORLD_SIZE")
     watch_parent()  # torchrun's agent: if it is killed, no one collects this rank's work
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])

@@ -27,8 +27,8 @@ from .data import Dataset, load_cifar10
 from .errors import CifarlabError
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, prepare_model,
-                    resolve_device)
+from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
+                    prepare_model, resolve_device)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -86,8 +86,10 @@ def _create_out(cfg: RunConfig, out, group) -> Path:
 
 def build_network(cfg: RunConfig, num_classes: int, device: torch.device) -> nn.Module:
     net_cfg = dataclasses.replace(cfg.net_config(), num_classes=num_classes)
-    torch.manual_seed(cfg.seed)  # the seed fixes the initial weights
-    return prepare_model(models.build(net_cfg), device)
+    with own_random_state(torch.device("cpu")):  # weights are drawn on the CPU
+        torch.manual_seed(cfg.seed)  # the seed fixes the initial weights
+        net = models.build(net_cfg)
+    return prepare_model(net, device)
 
 
 def train_run(cfg: RunConfig | None, out: str | Path | None = None,
@@ -189,10 +191,14 @@ def _announce(cfg: RunConfig, net: nn.Module, dataset: Dataset, train, val, devi
     val_text = f"{len(val):,} validation images" if cfg.val_split else \
         "validating on the test set (the original study's protocol)"
     again = f"; resuming after epoch {state['epoch']}" if state else ""
+    where = f"device {device}, {torch.get_num_threads()} threads"
+    if distributed.launched():
+        where = (f"data-parallel over {os.environ['WORLD_SIZE']} processes started by torchrun "
+                 f"(batch {cfg.batch_size} split among them), each on {where}")
     print(f"{cfg.model}: {models.describe(net_cfg)}; "
           f"{models.count_parameters(net)[0]:,} trainable parameters\n"
-          f"{len(train):,} training images, {val_text}; device {device}, "
-          f"{torch.get_num_threads()} threads; writing {out}{again}", flush=True)
+          f"{len(train):,} training images, {val_text}; {where}; writing {out}{again}",
+          flush=True)
 
 
 def _after_failed_fit(e: BaseException, out: Path, main: bool, resume: bool, device,

@@ -207,6 +207,29 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     run (a stop request, divergence, early stopping) is taken jointly, so no process is
     left waiting for the others.
     """
+    with own_random_state(train.y.device):
+        return _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume,
+                    stop_requested, group)
+
+
+@contextlib.contextmanager
+def own_random_state(device: torch.device):
+    """Leave the caller's random generators as they were found. Training seeds torch's
+    global generator (dropout draws from it, and nn.Dropout takes no generator of its own)
+    and a resume restores the saved states; inside this block that happens on a copy, so a
+    notebook's own random sequence is not reseeded by a run."""
+    python, numpy = random.getstate(), np.random.get_state()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
+def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_requested,
+         group) -> FitResult:
     loop = _Loop.build(net, train, val.num_images, cfg, verbose, stop_requested, group, resume)
     result, pacer, tracker = loop.result, loop.pacer, loop.result.tracker
     epoch, stop = loop.first - 1, loop.stopped
