@@ -306,6 +306,10 @@ def to_toml(study: Study) -> str:
 
 
 def _dump_toml(doc: dict) -> str:
+    # Written by hand rather than with tomli_w: that library puts every array one item per
+    # line and a grid in a [variant.grid] sub-table, while a study file is meant to be read
+    # and edited (`filters = [32, 64]`, `grid = { fraction = [0.1, 0.5] }`). The study tests
+    # read every printed study back with tomllib.
     def value(v):
         if isinstance(v, bool):
             return "true" if v else "false"
