@@ -1,0 +1,54 @@
+"""The codebase keeps the shape docs/architecture.md describes: imports go one way, functions
+stay short, and importing cifarlab changes no global setting."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarlab"
+
+
+def imports() -> dict[str, set[str]]:
+    """Each module's imports of other cifarlab modules, those inside functions included."""
+    graph = {}
+    for path in PACKAGE.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else \
+                    {a.name for a in node.names}
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+    return sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if a in reachable(b)})
+
+
+def test_no_two_modules_import_each_other_even_lazily():
+    graph = imports()
+    assert "train" in graph["run"] and "runner" not in graph["ray_runner"]
+    assert cycles(graph) == []
+    assert cycles({**graph, "ray_runner": graph["ray_runner"] | {"runner"}}) == [
+        ("ray_runner", "runner")]  # the check sees a circle when there is one
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = [f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+            for path in PACKAGE.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > 80]
+    assert long == []
+
+
+def test_nothing_in_the_package_selects_a_matplotlib_backend_or_uses_pyplot():
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
