@@ -245,12 +245,17 @@ def _assemble(read, train_names, test_name, meta_blob, meta_what, source) -> Dat
                    test_x, test_y, classes, source)
 
 
+def _release_file(root: Path, name: str, release: str) -> Path:
+    """`root / name`, refused in one sentence when it is missing."""
+    f = root / name
+    if not f.is_file():
+        raise CifarlabError(f"{f} is missing; the {release}")
+    return f
+
+
 def _read_python_dir(root: Path) -> Dataset:
     def read(name):
-        f = root / name
-        if not f.is_file():
-            raise CifarlabError(f"{f} is missing; the python release needs data_batch_1..5 "
-                                "and test_batch")
+        f = _release_file(root, name, "python release needs data_batch_1..5 and test_batch")
         return f.read_bytes(), str(f)
     meta = root / "batches.meta"
     return _assemble(read, TRAIN_BATCHES, "test_batch",
@@ -298,10 +303,8 @@ def _parse_binary(blob: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_binary_dir(root: Path) -> Dataset:
     def read(name):
-        f = root / name
-        if not f.is_file():
-            raise CifarlabError(f"{f} is missing; the binary release needs data_batch_1..5.bin "
-                                "and test_batch.bin")
+        f = _release_file(root, name,
+                          "binary release needs data_batch_1..5.bin and test_batch.bin")
         return _parse_binary(f.read_bytes(), str(f))
     parts = [read(f"{n}.bin") for n in TRAIN_BATCHES]
     test_x, test_y = read("test_batch.bin")
