@@ -112,3 +112,31 @@ def test_flip_folded_into_translate_equals_flip_then_translate():
     nchw = translate(x.permute(0, 3, 1, 2), 3, torch.Generator().manual_seed(2),
                      channels_last=False, mirror=mirror)
     assert torch.equal(nchw.permute(0, 2, 3, 1), apart)
+
+
+def test_on_a_gpu_the_draws_come_from_a_generator_on_the_gpu_seeded_once_per_epoch(
+        monkeypatch):
+    # Simulated: no GPU here. A draw on the CPU copied to the GPU would make each step wait
+    # for the GPU's queue; so on a GPU the epoch's generator seeds one on the device.
+    made, real = [], torch.Generator
+
+    def fake_generator(device="cpu"):
+        made.append(str(device))
+        return real()  # a CPU stand-in
+    monkeypatch.setattr(torch, "Generator", fake_generator)
+    epoch = torch.Generator().manual_seed(7)
+    assert augment.augment_generator(epoch, torch.device("cpu")) is epoch  # CPU: unchanged
+    g = augment.augment_generator(epoch, torch.device("cuda", 0))
+    assert made[-1] == "cuda:0"
+    again = augment.augment_generator(torch.Generator().manual_seed(7), torch.device("cuda", 0))
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=again))
+
+
+def test_alternating_flips_never_read_the_batch_back_to_the_host():
+    class NoSync(torch.Tensor):
+        def max(self, *a, **k):  # on a GPU, int(index.max()) waits for all queued work
+            raise AssertionError("index.max() read back")
+    index = torch.tensor([4, 0, 9, 2]).as_subclass(NoSync)
+    mask = augment.alternating_flip_mask(3, 1, index, split_size=10)
+    full = augment.alternating_flip_mask(3, 1, torch.arange(10))
+    assert torch.equal(mask.as_subclass(torch.Tensor), full[[4, 0, 9, 2]])

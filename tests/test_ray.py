@@ -131,7 +131,7 @@ def kill_one_running_task(out: Path, proc: subprocess.Popen) -> str:
 
 
 def test_a_study_on_ray_survives_a_killed_task_and_matches_the_local_executor(
-        cluster, study_file, tmp_path):
+        cluster, study_file, tmp_path, monkeypatch):
     on_ray, local = tmp_path / "ray", tmp_path / "local"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cifarlab", "study", str(study_file), "--executor", "ray",
@@ -143,6 +143,9 @@ def test_a_study_on_ray_survives_a_killed_task_and_matches_the_local_executor(
     assert "resuming" in output  # the retried task continued the killed run
     assert "1 threads" in output  # each task runs on the CPUs it was given
 
+    # Each Ray task has 1 CPU and so 1 thread; the local jobs get the same on any machine
+    # (else cores // 2 each: a different thread count changes the last digits).
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     assert main(["study", str(study_file), "--jobs", "2", "--out", str(local)]) == 0
     ray_runs, local_runs = runs_of(on_ray), runs_of(local)
     assert list(ray_runs) == list(local_runs) and len(ray_runs) == 4

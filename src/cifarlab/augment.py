@@ -14,6 +14,8 @@ shuffle, and a resumed epoch replays them exactly. No per-image Python.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .errors import CifarlabError
@@ -45,14 +47,28 @@ def parse(spec: str | None) -> dict[str, int]:
     return out
 
 
+def augment_generator(epoch_generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """The generator an epoch's augmentation draws from, on the device the batches are on.
+
+    On the CPU that is the epoch's own generator (the shuffle's), as it always was. On a GPU
+    it is a generator on the GPU, seeded once per epoch from the epoch's: drawing on the CPU
+    and copying to the GPU would make every step wait for all the GPU work queued before it
+    (several times a step), so CPU and GPU would take turns instead of overlapping."""
+    if device.type == "cpu":
+        return epoch_generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=epoch_generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def apply(x: torch.Tensor, kinds: dict[str, int], generator: torch.Generator, seed: int,
-          epoch: int, index: torch.Tensor) -> torch.Tensor:
-    """Augment a uint8 NHWC batch whose rows are images `index` of the split."""
+          epoch: int, index: torch.Tensor, split_size: int | None = None) -> torch.Tensor:
+    """Augment a uint8 NHWC batch whose rows are images `index` of a split of `split_size`
+    images; random draws come from `generator`, on its device."""
     mirror = None
     if "flip" in kinds:
         mirror = flip_mask(len(x), generator, x.device)
     if "altflip" in kinds:
-        mirror = alternating_flip_mask(seed, epoch, index)
+        mirror = alternating_flip_mask(seed, epoch, index, split_size)
     if kinds.get("translate"):  # the flip rides along in the translation's gather
         x = translate(x, kinds["translate"], generator, mirror=mirror)
     elif mirror is not None:
@@ -63,17 +79,25 @@ def apply(x: torch.Tensor, kinds: dict[str, int], generator: torch.Generator, se
 
 
 def flip_mask(n: int, generator: torch.Generator, device) -> torch.Tensor:
-    return (torch.rand(n, generator=generator) < 0.5).to(device)
+    return (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
 
 
-def alternating_flip_mask(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
+def alternating_flip_mask(seed: int, epoch: int, index: torch.Tensor,
+                          split_size: int | None = None) -> torch.Tensor:
     """Epoch 1 flips a random half of the images (each image's draw comes from `seed` and
     its index in the split); each later epoch flips exactly those the previous epoch did not,
     so every image is seen in both orientations."""
-    g = torch.Generator().manual_seed(seed)
-    # One draw per image of the split, in a fixed order, whatever the shuffle.
-    base = torch.rand(int(index.max()) + 1 if len(index) else 0, generator=g) < 0.5
-    return (base.to(index.device)[index] ^ bool((epoch - 1) % 2))
+    # One draw per image of the split, in a fixed order, whatever the shuffle: drawn once
+    # for the split and kept on the batches' device (no per-step draw or copy; and knowing
+    # the split's size spares reading index.max(), which on a GPU waits for queued work).
+    n = split_size if split_size is not None else (int(index.max()) + 1 if len(index) else 0)
+    return _flip_base(seed, n, str(index.device))[index] ^ bool((epoch - 1) % 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _flip_base(seed: int, n: int, device: str) -> torch.Tensor:
+    base = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return base.to(device)
 
 
 def flip(x: torch.Tensor, mask: torch.Tensor, width_dim: int) -> torch.Tensor:
@@ -94,8 +118,10 @@ def translate(x: torch.Tensor, pad: int, generator: torch.Generator,
         return x if mirror is None else flip(x, mirror, width_dim=2 if channels_last else 3)
     n = x.shape[0]
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-    dy = torch.randint(-pad, pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(-pad, pad + 1, (n,), generator=generator).to(x.device)
+    dy = torch.randint(-pad, pad + 1, (n,), generator=generator,
+                       device=generator.device).to(x.device)
+    dx = torch.randint(-pad, pad + 1, (n,), generator=generator,
+                       device=generator.device).to(x.device)
     rows = _reflect(torch.arange(h, device=x.device)[None, :] + dy[:, None], h)  # n x h
     cols = _reflect(torch.arange(w, device=x.device)[None, :] + dx[:, None], w)  # n x w
     if mirror is not None:  # read each flipped image's columns from the other side
@@ -124,8 +150,8 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator,
         return x
     n = x.shape[0]
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-    cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+    cy = torch.randint(0, h, (n,), generator=generator, device=generator.device).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=generator.device).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :]
     xs = torch.arange(w, device=x.device)[None, :]
     inside_y = (ys >= (cy - size // 2)[:, None]) & (ys < (cy - size // 2 + size)[:, None])

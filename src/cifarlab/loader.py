@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .augment import apply as apply_augment
+from .augment import augment_generator
 from .data import Dataset
 from .errors import CifarlabError
 
@@ -146,6 +147,7 @@ class Batches:
         one process would. A final global batch too small to give every process an image
         is dropped."""
         order = torch.randperm(len(self.y), generator=generator).to(self.y.device)
+        draws = augment_generator(generator, self.y.device) if augment else None
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             part = None
@@ -155,7 +157,7 @@ class Batches:
                 part = group.shard(len(idx))
             x = self.x.index_select(0, idx)
             if augment:
-                x = apply_augment(x, augment, generator, seed, epoch, idx)
+                x = apply_augment(x, augment, draws, seed, epoch, idx, len(self.y))
             if part is not None:
                 x, idx = x[part], idx[part]
             yield self.normalise(x), self.y.index_select(0, idx)
