@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__, distributed
 from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml, with_recipe
-from .errors import CifarlabError
+from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .trackers import parse as parse_trackers
 
 HELP = {
@@ -453,7 +453,11 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(cpu_threads())
         return args.func(args)
-    except CifarlabError as e:
+    except (CifarlabError, RuntimeError) as e:
+        if is_out_of_memory(e):  # e.g. while evaluating, outside a run's own handling
+            e = out_of_memory(e)
+        elif not isinstance(e, CifarlabError):
+            raise
         if not distributed.launched() or distributed.report_error(e):
             print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -129,6 +129,11 @@ def setup(device_name: str = "auto", sync_bn: bool = False) -> Group:
     else:
         torch.set_num_threads(cpu_threads(local_world))
     backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        # PyTorch's default (3) kills the process when a collective times out, before any
+        # message; 2 aborts the communicator so the waiting collective raises, and the run
+        # stops with its "resume with ..." sentence (distributed.failure).
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))

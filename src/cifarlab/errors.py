@@ -9,3 +9,15 @@ class CifarlabError(Exception):
     """
 
     exit_code = 2
+
+
+def out_of_memory(error: BaseException) -> CifarlabError:
+    """torch's out-of-memory error, said as what to do about it."""
+    first = (str(error).splitlines() or [""])[0].split(". ")[0]
+    return CifarlabError(f"the GPU ran out of memory ({first}); use a smaller --batch-size, "
+                         "fewer --jobs per GPU, or with Ray a larger --gpus-per-task")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (torch.cuda.OutOfMemoryError), known without importing torch."""
+    return any(t.__name__ == "OutOfMemoryError" for t in type(error).__mro__)

@@ -142,9 +142,9 @@ class Batches:
         `augment` (from augment.parse) is applied to each uint8 batch before normalising,
         with draws from the same generator, so (seed, epoch) fixes them too.
 
-        With `group` (a distributed.Group, in a data-parallel run) every process draws the same global batches and keeps
-        its own slice, so N processes see exactly the images, augmented exactly alike, that
-        one process would. A final global batch too small to give every process an image
+        With `group` (a distributed.Group, in a data-parallel run) every process draws the
+        same global batches and keeps its own slice, so N processes see exactly the images,
+        augmented exactly alike, that one process would. A final global batch too small to give every process an image
         is dropped."""
         order = torch.randperm(len(self.y), generator=generator).to(self.y.device)
         draws = augment_generator(generator, self.y.device) if augment else None

@@ -108,6 +108,15 @@ def _train_task(key: str, cfg_dict: dict, path: str, labels: dict, data, threads
     return result.metrics
 
 
+def task_options(options: RayOptions, gpus: float) -> dict:
+    """Ray resources and policies of one run's task. A task that uses a GPU gets a fresh
+    worker process (max_calls=1): a reused worker would keep the first run's CUDA context
+    and memory and could train a later run on that run's GPU instead of its own. Ray does
+    this by default only for GPUs asked for in @ray.remote, not in .options()."""
+    return {"num_cpus": options.cpus, "num_gpus": gpus, "max_retries": options.retries,
+            "retry_exceptions": False, "max_calls": 1 if gpus > 0 else 0}
+
+
 def run(todo: list, progress, options: RayOptions) -> list:
     """The executor for --executor ray: the runs `todo` (runner.Task) as Ray tasks; returns
     those that failed."""
@@ -124,9 +133,7 @@ def run(todo: list, progress, options: RayOptions) -> list:
     refs = {}
     for t in todo:
         task_gpus = gpus if t.cfg.device != "cpu" else 0.0
-        ref = remote.options(num_cpus=options.cpus, num_gpus=task_gpus,
-                             max_retries=options.retries, retry_exceptions=False,
-                             name=f"cifarlab {t.key}").remote(
+        ref = remote.options(**task_options(options, task_gpus), name=f"cifarlab {t.key}").remote(
             # Absolute paths: a Ray worker runs in a folder of its own.
             t.key, t.cfg.with_absolute_data().to_dict(), str(t.path.resolve()), t.labels,
             datasets[t.cfg.data], threads, queue)

@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__, distributed, models, normstats, plots, rundir, trackers
 from .config import RunConfig
 from .data import Dataset, load_cifar10
-from .errors import CifarlabError
+from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
@@ -204,6 +204,8 @@ def _announce(cfg: RunConfig, net: nn.Module, dataset: Dataset, train, val, devi
 def _after_failed_fit(e: BaseException, out: Path, main: bool, resume: bool, device,
                       group) -> BaseException:
     """Leave the run folder right after `fit` raised `e`, and return what to raise."""
+    if is_out_of_memory(e):  # this process's own GPU, not "another process failed"
+        return out_of_memory(e)
     if isinstance(e, BudgetTooShort):
         if main and not resume:  # nothing was trained: leave no run folder behind
             shutil.rmtree(out, ignore_errors=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import RunConfig, cpu_threads
-from .errors import CifarlabError
+from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .orphans import watch_parent
 from .progress import StudyProgress, drain
 from .run import train_run
@@ -121,7 +121,10 @@ def _terminate_as_interrupt():
 
 
 def failure_text(path: Path, error: Exception) -> str:
-    """Write an unexpected error's traceback into the run's folder; return one line on it."""
+    """Write an unexpected error's traceback into the run's folder; return one line on it
+    (for a GPU out of memory, what to do about it)."""
+    if is_out_of_memory(error):
+        return str(out_of_memory(error))
     log = Path(path) / "error.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -234,10 +237,12 @@ def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[
     gpus = torch.cuda.device_count() if any(t.cfg.device != "cpu" for t in todo) else 0
     devices = None
     if gpus:
-        jobs = min(jobs, gpus)
         devices = ctx.Queue()
-        for i in range(jobs):
-            devices.put(i)
+        for slot in gpu_slots(jobs, gpus):
+            devices.put(slot)
+        if jobs > gpus:
+            progress.note(f"{jobs} jobs share {gpus} GPU{'s' if gpus > 1 else ''} (job k uses "
+                          f"GPU k mod {gpus}); if a GPU runs out of memory, use fewer --jobs")
     threads = cpu_threads(jobs)
     failed: list[Task] = []
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
@@ -266,6 +271,12 @@ def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[
             raise CifarlabError("a job process died (killed, or out of memory); finished runs "
                                 "are kept, so re-run the same command to continue") from None
     return failed
+
+
+def gpu_slots(jobs: int, gpus: int) -> list[int]:
+    """The GPU of each job: one each while there are enough, then shared in turn (small
+    runs share a GPU well; each job still has its own process and CUDA context)."""
+    return [i % gpus for i in range(jobs)]
 
 
 def _stop_workers(pool: ProcessPoolExecutor, pending) -> None:

@@ -40,10 +40,36 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (same range as float32, no loss scaling); float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The precision the network computes in (see `precision`)."""
+    dtype = precision(device)
+    if dtype is not None:
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
+
+
+def precision(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs with native bf16 (compute capability 8.0 and newer: A100, L4,
+    H100...; bf16 has float32's range, so no loss scaling). float32 (None) on the CPU and
+    on older GPUs (T4, V100, P100: Colab's and Kaggle's free ones), where bf16 convolutions
+    fall back to a slow path. fp16 with a gradient scaler would be faster there still; that
+    trade (loss scaling, overflow checks in the step and the checkpoint) is left until it
+    can be measured on such a GPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if _capability(device) >= (8, 0) else None
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def check_compile(device: torch.device) -> None:
+    """--compile generates Triton kernels on a GPU, which need compute capability 7.0."""
+    if device.type == "cuda" and _capability(device) < (7, 0):
+        major, minor = _capability(device)
+        raise CifarlabError(f"--compile needs a GPU of compute capability 7.0 or newer; this "
+                            f"one ({torch.cuda.get_device_name(device)}) has {major}.{minor}, "
+                            "so drop --compile")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -112,12 +138,15 @@ def tta_logits(net: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tensor:
     by one pixel up-left and down-right (reflecting at the border)."""
     if level == 0:
         return net(x)
-    pair = (net(x) + net(x.flip(3))) / 2
+
+    def logits(v):  # averaged in float32: in bf16, near-ties would move
+        return net(v).float()
+    pair = (logits(x) + logits(x.flip(3))) / 2
     if level == 1:
         return pair
     padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-    moved = sum(net(v) + net(v.flip(3)) for v in shifted) / 4
+    moved = sum(logits(v) + logits(v.flip(3)) for v in shifted) / 4
     return (pair + moved) / 2
 
 
@@ -310,6 +339,9 @@ def _train_epoch(loop: "_Loop", epoch: int) -> tuple[float, float, float]:
     return train_loss, correct.item() / seen, lr
 
 
+AGREE_EVERY = 50  # steps between the processes' agreements on stopping, on GPUs
+
+
 def _agree_on_stopping(loop: "_Loop", epoch: int, step: int, loss: torch.Tensor) -> int:
     """After a step: a diverged loss raises; returns the signal of a requested stop (0 for
     none). With several processes both are agreed, so all stop at the same step."""
@@ -317,8 +349,14 @@ def _agree_on_stopping(loop: "_Loop", epoch: int, step: int, loss: torch.Tensor)
     # it is checked once an epoch (in _train_epoch).
     bad = loop.device.type == "cpu" and not math.isfinite(loss.item())
     asked = loop.stop_requested() if loop.stop_requested is not None else 0
-    if loop.group is not None and (loop.device.type == "cpu" or step % 50 == 0):
-        asked, bad = loop.group.any(asked), loop.group.any(int(bad))
+    if loop.group is not None:
+        # On a GPU a collective every step would stall it, so the processes agree every
+        # AGREE_EVERY steps, and only there: a request seen in between waits for that step
+        # (acting on it alone would leave the others waiting in the next all-reduce).
+        if loop.device.type == "cpu" or step % AGREE_EVERY == 0:
+            asked, bad = loop.group.any(asked), loop.group.any(int(bad))
+        else:
+            asked = 0
     if bad:
         raise diverged(epoch, step, loop.cfg)
     return asked
@@ -445,7 +483,7 @@ class _Loop:
         if resume is not None:
             planned = resume.get("planned_steps", planned)
         elif cfg.budget:
-            plan = plan_steps(net, train, val_images, cfg, steps)
+            plan = plan_steps(net, train, val_images, cfg, steps, group)
             if group is not None:
                 plan.steps = group.broadcast(plan.steps)
             planned, planning_s = plan.steps, plan.measuring_s
@@ -528,8 +566,12 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
     so the next run of the same network in this process (another seed of a study)
     compiles nothing. Validation and evaluation stay uncompiled (eval mode would compile
     a second graph for a small share of the time)."""
+    check_compile(train.y.device)
     start = time.perf_counter()
-    compiled = torch.compile(model)
+    # Static shapes: each batch shape below gets a graph of its own. Left dynamic, the
+    # second shape would make torch.compile trace one general graph (slower code, and
+    # about three times the compile time).
+    compiled = torch.compile(model, dynamic=False)
     saved = copy.deepcopy(net.state_dict())
     x, _ = next(iter(train.shuffled(torch.Generator().manual_seed(0), None, cfg.seed, 0,
                                     group=group)))
@@ -604,19 +646,25 @@ BUDGET_USE = 0.97  # share of a budget planned for; the rest absorbs the last ep
 
 
 def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
-               steps_per_epoch: int) -> Plan:
+               steps_per_epoch: int, group=None) -> Plan:
     """How many training steps fit in cfg.budget, measured on a throw-away copy of the
     network (the run itself is untouched, so a planned run is as repeatable as one given in
     epochs). The seconds spent measuring count against the budget, and so does each
-    epoch's validation (estimated until an epoch has run, then measured: Plan.replan)."""
+    epoch's validation (estimated until an epoch has run, then measured: Plan.replan).
+
+    In a data-parallel run each process times its own slice of the global batches, and
+    every process takes the same fixed number of steps: with synchronised batch norm each
+    step is a collective, and steps counted by the clock would differ between processes
+    and leave one waiting for ever. (The gradients' all-reduce is not in the probe; the
+    re-plan after the first epoch measures it.)"""
     budget = parse_budget(cfg.budget)
     started = time.perf_counter()
     probe = copy.deepcopy(net).train()
     opt = make_optimizer(probe, cfg)
-    model = torch.compile(probe) if cfg.compile else probe  # cached: compiled in fit
+    model = torch.compile(probe, dynamic=False) if cfg.compile else probe  # cached for fit
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = train.y.device
-    stream = _endless(train, cfg)
+    stream = _endless(train, cfg, group)
 
     def seconds_per_step(n: int, half: bool, at_least_s: float = 0.0) -> float:
         """Mean time of at least `n` steps, and of as many as take `at_least_s`."""
@@ -634,13 +682,14 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
         return (time.perf_counter() - t0) / done
 
     # About 2% of the budget goes to measuring; those seconds count against it.
-    measure = min(0.01 * budget, 10.0)
+    measure = min(0.01 * budget, 10.0) if group is None else 0.0
+    steps = 3 if group is None else 10
     seconds_per_step(1, False)  # warm-up: allocations, kernel choices
-    full = seconds_per_step(3, False, measure)
+    full = seconds_per_step(steps, False, measure)
     half = full
     if cfg.progressive:
         seconds_per_step(1, True)
-        half = seconds_per_step(3, True, measure)
+        half = seconds_per_step(steps, True, measure)
     spent = time.perf_counter() - started
     # Validation: about half a training step's time per image (no backward pass, but
     # larger batches of a network in eval mode), measured once the first epoch has run.
@@ -655,11 +704,13 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
     return plan
 
 
-def _endless(train: Batches, cfg: RunConfig):
-    """Training batches, augmented as in the run, for as long as they are wanted."""
+def _endless(train: Batches, cfg: RunConfig, group=None):
+    """Training batches (this process's slices of them), augmented as in the run, for as
+    long as they are wanted."""
     augmentation = parse_augment(cfg.augment)
     for n in itertools.count(1):
-        yield from train.shuffled(torch.Generator().manual_seed(n), augmentation, cfg.seed, n)
+        yield from train.shuffled(torch.Generator().manual_seed(n), augmentation, cfg.seed, n,
+                                  group=group)
 
 
 class BudgetTooShort(CifarlabError):
