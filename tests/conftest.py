@@ -138,27 +138,11 @@ def hold_lock(folder: Path):
     return proc
 
 
-def group_pids(group: int) -> set[int]:
-    """Live processes of a process group (a command started in its own session and the
-    processes it spawned), read from /proc."""
+def processes() -> dict[int, list[str]]:
+    """Every live process's /proc/PID/stat fields after the command name (state, parent,
+    process group, ...); zombies left out."""
     import os
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == group and fields[0] != "Z":
-                found.add(int(entry))
-    return found
-
-
-def family_pids(root: int) -> set[int]:
-    """`root` and every live process descended from it (torchrun starts its workers in
-    sessions of their own, so a process group misses them), read from /proc."""
-    import os
-    parent = {}
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -166,7 +150,20 @@ def family_pids(root: int) -> set[int]:
             except OSError:
                 continue
             if fields[0] != "Z":
-                parent[int(entry)] = int(fields[1])
+                found[int(entry)] = fields
+    return found
+
+
+def group_pids(group: int) -> set[int]:
+    """Live processes of a process group (a command started in its own session and the
+    processes it spawned)."""
+    return {pid for pid, fields in processes().items() if int(fields[2]) == group}
+
+
+def family_pids(root: int) -> set[int]:
+    """`root` and every live process descended from it (torchrun starts its workers in
+    sessions of their own, so a process group misses them)."""
+    parent = {pid: int(fields[1]) for pid, fields in processes().items()}
     found, grew = {root}, True
     while grew:
         more = {p for p, pp in parent.items() if pp in found} - found
