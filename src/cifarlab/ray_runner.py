@@ -109,12 +109,18 @@ def _train_task(key: str, cfg_dict: dict, path: str, labels: dict, data, threads
 
 
 def task_options(options: RayOptions, gpus: float) -> dict:
-    """Ray resources and policies of one run's task. A task that uses a GPU gets a fresh
-    worker process (max_calls=1): a reused worker would keep the first run's CUDA context
-    and memory and could train a later run on that run's GPU instead of its own. Ray does
-    this by default only for GPUs asked for in @ray.remote, not in .options()."""
+    """Ray resources and retry policy of one run's task."""
     return {"num_cpus": options.cpus, "num_gpus": gpus, "max_retries": options.retries,
-            "retry_exceptions": False, "max_calls": 1 if gpus > 0 else 0}
+            "retry_exceptions": False}
+
+
+def remote_task(ray, gpus: float):
+    """The Ray remote function that trains a run. A task that uses a GPU gets a fresh worker
+    process (max_calls=1): a reused worker would keep the first run's CUDA context and
+    memory, and could train a later run on that run's GPU instead of its own. Ray does this
+    by default only for GPUs named in @ray.remote, and accepts max_calls only there, not in
+    .options(), where cifarlab asks for its resources."""
+    return ray.remote(max_calls=1)(_train_task) if gpus > 0 else ray.remote(_train_task)
 
 
 def run(todo: list, progress, options: RayOptions) -> list:
@@ -129,11 +135,12 @@ def run(todo: list, progress, options: RayOptions) -> list:
     queue = Queue()
     datasets = {source: ray.put(load_cifar10(source, progress=False))
                 for source in {t.cfg.data for t in todo}}
-    remote = ray.remote(_train_task)
+    remotes = {uses_gpu: remote_task(ray, float(uses_gpu)) for uses_gpu in (False, True)}
     refs = {}
     for t in todo:
         task_gpus = gpus if t.cfg.device != "cpu" else 0.0
-        ref = remote.options(**task_options(options, task_gpus), name=f"cifarlab {t.key}").remote(
+        ref = remotes[task_gpus > 0].options(**task_options(options, task_gpus),
+                                             name=f"cifarlab {t.key}").remote(
             # Absolute paths: a Ray worker runs in a folder of its own.
             t.key, t.cfg.with_absolute_data().to_dict(), str(t.path.resolve()), t.labels,
             datasets[t.cfg.data], threads, queue)
