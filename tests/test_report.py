@@ -128,3 +128,19 @@ def test_drawing_leaves_the_users_backend_and_pyplot_figures_alone(study_dir, tm
     assert done.stdout.split()[-2:] == ["svg", "True"]
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (study / "report.html").is_file()
+
+
+def test_an_epoch_count_interval_ends_at_the_runs_epoch_cap(tmp_path):
+    # Three seeds that stopped after 5, 10 and 10 of at most 10 epochs: the t interval of
+    # the mean reaches past 10, which no run could train; it is cut there and marked.
+    from pathlib import Path
+
+    from cifarlab.report import Group, Run
+    runs = [Run(Path("r"), seed, {"settings": {"epochs": 10}},
+                {"planned_epochs": 10, "test_accuracy": 0.5, "weights_epoch": n},
+                [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0,
+                  "val_accuracy": 0.5} for e in range(1, n + 1)])
+            for seed, n in enumerate((5, 10, 10))]
+    s = Group("v", runs).summary("epochs_run")
+    assert s.mean == pytest.approx(25 / 3) and s.ci_high == 10.0 and s.ci_low >= 1.0
+    assert "*" in s.text(1)

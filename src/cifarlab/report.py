@@ -65,9 +65,16 @@ class Group:
                 if r.values.get(metric) is not None}
 
     def summary(self, metric: str) -> stats.Summary:
-        bounds = BOUNDS.get(metric, (1.0, math.inf) if metric in ("best_epoch", "epochs_run")
-                            else (-math.inf, math.inf))
+        bounds = BOUNDS.get(metric, (1.0, self.max_epochs()) if metric in (
+            "best_epoch", "epochs_run") else (-math.inf, math.inf))
         return stats.summarize(self.values(metric).values(), bounds)
+
+    def max_epochs(self) -> float:
+        """The most epochs any of the runs could train (their cap, or what a budget
+        planned): an interval for an epoch count ends there."""
+        caps = [r.metrics.get("planned_epochs") or r.config.get("settings", {}).get("epochs")
+                for r in self.runs]
+        return max((c for c in caps if c), default=math.inf)
 
     @property
     def images(self) -> int | None:
