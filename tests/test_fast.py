@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import Tiny
 from torch import nn
 
-from cifarlab import RunConfig, load_cifar10, models, train_run
+from cifarlab import RunConfig, load_cifar10, models, rundir, train_run
 from cifarlab.cli import main
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
@@ -273,3 +274,92 @@ def test_a_budget_too_short_for_one_step_is_one_sentence_and_leaves_no_folder(
     assert code == 2
     assert "budget 0.001s does not fit one training step" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_lengthened_plan_never_sends_training_back_to_half_size():
+    from cifarlab.train import Pacer
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))  # progressive 0.5
+    plan = Plan(steps=100, full=1.0, half=0.25, validation=0.0, measuring_s=0.0,
+                steps_per_epoch=20)
+    pacer = Pacer(cfg, 20, 100, plan)
+    x = torch.zeros(2, 3, 32, 32)
+    sizes = []
+    for epoch in range(3):
+        pacer.begin_epoch()
+        sizes += [pacer.admit(x).shape[-1] for _ in range(20)]
+        pacer.end_training()
+    assert sizes == [16] * 50 + [32] * 10  # the switch came at half of 100 steps
+    # The machine turned out faster: the plan grows to 400 steps, which would put the
+    # half-size phase's end at step 200, after 10 full-size steps were already trained.
+    pacer.plan.fit(60, 1000.0, cfg.progressive)
+    pacer.planned = plan.steps
+    assert pacer.planned > 200
+    for epoch in range(2):
+        pacer.begin_epoch()
+        sizes += [pacer.admit(x).shape[-1] for _ in range(20)]
+        pacer.end_training()
+    assert sizes[60:] == [32] * 40
+
+
+def test_a_plan_still_in_its_half_size_phase_moves_the_switch_with_the_plan():
+    from cifarlab.train import Pacer
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))
+    pacer = Pacer(cfg, 20, 100, Plan(100, 1.0, 0.25, 0.0, 0.0, 20))
+    x = torch.zeros(2, 3, 32, 32)
+    sizes = [pacer.admit(x).shape[-1] for _ in range(20)]
+    pacer.end_training()
+    pacer.planned = 200  # grown before any full-size step: the half phase grows with it
+    pacer.begin_epoch()
+    sizes += [pacer.admit(x).shape[-1] for _ in range(100)]
+    assert sizes == [16] * 100 + [32] * 20
+
+
+def test_the_budget_probe_measures_validation_instead_of_guessing_it(dataset, monkeypatch):
+    # A network whose eval mode is far slower than its training steps: the old guess (half a
+    # training step per batch) would plan many more steps than the budget holds.
+    from cifarlab.loader import Batches, split_dataset
+    from cifarlab.train import plan_steps
+    train_split, val_split, _ = split_dataset(dataset, 60)
+    train = Batches(train_split, 32, torch.device("cpu"))
+    val = Batches(val_split, 30, torch.device("cpu"))
+
+    class SlowToJudge(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            if not self.training:
+                time.sleep(0.05)
+            return self.linear(x.flatten(1))
+
+    plan = plan_steps(SlowToJudge(), train, val, RunConfig(budget="20s"), len(train))
+    assert plan.validation == pytest.approx(2 * 0.05, rel=0.5)  # 60 images, batches of 30
+
+
+def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tmp_path,
+                                                                      monkeypatch):
+    from cifarlab import train as train_module
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "8s", "tta": 0}))
+    out = tmp_path / "r"
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, out, data=dataset, verbose=False, on_epoch_end=crash)
+    # The resumed machine is much slower: each step now takes 25 ms more. Steps planned on
+    # the old speed would overrun the budget by several seconds.
+    before = rundir.load_checkpoint(out / rundir.CHECKPOINT)["planned_steps"]
+    original = train_module._Loop.step
+
+    def slow_step(self, *a):
+        time.sleep(0.025)
+        return original(self, *a)
+
+    monkeypatch.setattr(train_module._Loop, "step", slow_step)
+    result = train_run(None, out, data=dataset, verbose=False, resume=True)
+    m = result.metrics
+    assert m["planned_steps"] < 0.8 * before  # re-planned to the slower speed ...
+    assert m["train_time_s"] < 8 * 1.15  # ... and so kept to the budget

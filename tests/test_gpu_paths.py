@@ -155,9 +155,9 @@ def test_the_budget_probe_under_ddp_times_slices_in_a_fixed_number_of_steps(monk
     sizes = []
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     original = net.forward
-    monkeypatch.setattr(nn.Sequential, "forward",
-                        lambda self, x: (sizes.append(len(x)), original(x))[1])
-    plan = train.plan_steps(net, batches, 16, RunConfig(budget="10m"), 4, group)
+    monkeypatch.setattr(nn.Sequential, "forward", lambda self, x: (
+        sizes.append(len(x)) if self.training else None, original(x))[1])
+    plan = train.plan_steps(net, batches, batches, RunConfig(budget="10m"), 4, group)
     assert set(sizes) == {8}  # half of each global batch of 16
     assert len(sizes) == 1 + 10  # warm-up and 10 timed steps, whatever the clock says
     assert plan.steps > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import math
 import random
@@ -259,7 +260,7 @@ def own_random_state(device: torch.device):
 
 def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_requested,
          group) -> FitResult:
-    loop = _Loop.build(net, train, val.num_images, cfg, verbose, stop_requested, group, resume)
+    loop = _Loop.build(net, train, val, cfg, verbose, stop_requested, group, resume)
     result, pacer, tracker = loop.result, loop.pacer, loop.result.tracker
     epoch, stop = loop.first - 1, loop.stopped
     while epoch < pacer.epochs and not stop:
@@ -372,12 +373,15 @@ class Pacer:
     epoch whether to re-plan; it tells the loop `planned` steps, `epochs`, and `done`."""
 
     def __init__(self, cfg: RunConfig, steps_per_epoch: int, planned: int,
-                 plan: "Plan | None" = None, group=None, done: int = 0):
+                 plan: "Plan | None" = None, group=None, done: int = 0,
+                 half_res: float | None = None):
         self.cfg, self.steps_per_epoch, self.planned, self.plan = cfg, steps_per_epoch, \
             planned, plan
         self.group, self.done = group, done
         # Only schedules that follow a moving plan can be re-planned (see make_schedule).
         self.replanning = plan is not None and cfg.schedule in ("linear", "constant")
+        # Steps before this one train on 16x16 images (a resumed run continues its own).
+        self.half_res = cfg.progressive * planned if half_res is None else half_res
         self.begin_epoch()
 
     @property
@@ -385,7 +389,7 @@ class Pacer:
         return -(-self.planned // self.steps_per_epoch)
 
     def begin_epoch(self) -> None:
-        self.half_res = self.cfg.progressive * self.planned  # steps before: 16x16 images
+        self._move_half_res()
         self.epoch_steps = [0, 0]  # half-size and full-size steps of this epoch ...
         self.phase_s = [0.0, 0.0]  # ... and the seconds they took
         self.epoch_started = self.mark = time.perf_counter()
@@ -418,10 +422,16 @@ class Pacer:
         so_far = list(self.phase_s)
         so_far[self.epoch_steps[1] > 0] += now - self.mark
         self._replan(spent_before + (now - self.epoch_started), so_far, self.plan.validation)
-        # Never back to half size once full-size steps have begun.
-        self.half_res = min(self.cfg.progressive * self.planned,
-                            self.half_res if not self.epoch_steps[1] else self.done)
+        self._move_half_res()
         return True
+
+    def _move_half_res(self) -> None:
+        """The half-size phase is the first `progressive` share of the planned steps, moved
+        with every re-plan while it lasts; once a full-size step has been taken it never
+        comes back, however the plan grows (a lengthened plan would otherwise send training
+        back to 16x16 images after full-size ones)."""
+        target = self.cfg.progressive * self.planned
+        self.half_res = target if self.done < self.half_res else min(self.half_res, target)
 
     def replan_after_epoch(self, spent: float, validation_s: float) -> bool:
         """From the finished epoch's real speed, so the budget holds on a machine whose
@@ -466,7 +476,7 @@ class _Loop:
         return self.train.y.device
 
     @classmethod
-    def build(cls, net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
+    def build(cls, net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
               verbose: bool, stop_requested, group, resume: dict | None) -> "_Loop":
         model, device = net, train.y.device
         if group is not None:
@@ -481,14 +491,16 @@ class _Loop:
             (train.num_images % train.batch_size >= group.world_size)
         planned, planning_s, plan = cfg.epochs * steps, 0.0, None
         if resume is not None:
-            planned = resume.get("planned_steps", planned)
+            plan = resumed_plan(net, train, val, cfg, steps, group, resume)
+            planned = plan.steps if plan is not None else resume.get("planned_steps", planned)
         elif cfg.budget:
-            plan = plan_steps(net, train, val_images, cfg, steps, group)
+            plan = plan_steps(net, train, val, cfg, steps, group)
             if group is not None:
                 plan.steps = group.broadcast(plan.steps)
             planned, planning_s = plan.steps, plan.measuring_s
         done = (resume["epoch"] * steps) if resume is not None else 0
-        pacer = Pacer(cfg, steps, planned, plan, group, done)
+        pacer = Pacer(cfg, steps, planned, plan, group, done,
+                      resume.get("half_res") if resume is not None else None)
         result = FitResult(tracker=make_tracker(cfg), planned_steps=planned,
                            planned_epochs=pacer.epochs, train_time_s=planning_s,
                            compile_s=compile_s)
@@ -535,7 +547,10 @@ class _Loop:
 
     def state(self, epoch: int, stopped: bool) -> dict:
         """Everything `restore` needs to continue after `epoch` exactly."""
+        plan = self.pacer.plan
         return {"epoch": epoch, "stopped": stopped, "planned_steps": self.pacer.planned,
+                "plan": dataclasses.asdict(plan) if plan is not None else None,
+                "half_res": self.pacer.half_res,
                 "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
                 "tracker": self.result.tracker.state_dict(), "rng": rng_state(),
@@ -584,8 +599,7 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
             compiled(v).float().sum().backward()
     net.zero_grad(set_to_none=True)
     net.load_state_dict(saved)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+    _sync(x.device)
     return compiled, time.perf_counter() - start
 
 
@@ -645,12 +659,13 @@ def budget_left(cfg: RunConfig, spent: float) -> float:
 BUDGET_USE = 0.97  # share of a budget planned for; the rest absorbs the last epoch's drift
 
 
-def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
+def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
                steps_per_epoch: int, group=None) -> Plan:
     """How many training steps fit in cfg.budget, measured on a throw-away copy of the
     network (the run itself is untouched, so a planned run is as repeatable as one given in
     epochs). The seconds spent measuring count against the budget, and so does each
-    epoch's validation (estimated until an epoch has run, then measured: Plan.replan).
+    epoch's validation (one batch of it timed here, every pass measured as it runs:
+    Plan.replan).
 
     In a data-parallel run each process times its own slice of the global batches, and
     every process takes the same fixed number of steps: with synchronised batch norm each
@@ -677,8 +692,7 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
         return (time.perf_counter() - t0) / done
 
     # About 2% of the budget goes to measuring; those seconds count against it.
@@ -690,10 +704,8 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
     if cfg.progressive:
         seconds_per_step(1, True)
         half = seconds_per_step(steps, True, measure)
+    validation = validation_seconds(probe, val, group)
     spent = time.perf_counter() - started
-    # Validation: about half a training step's time per image (no backward pass, but
-    # larger batches of a network in eval mode), measured once the first epoch has run.
-    validation = val_images / train.batch_size * full / 2
     plan = Plan(0, full, half, validation, spent, steps_per_epoch)
     plan.fit(0, BUDGET_USE * budget - spent, cfg.progressive)
     if plan.cost(0, plan.steps, cfg.progressive) > BUDGET_USE * budget - spent:
@@ -701,6 +713,42 @@ def plan_steps(net: nn.Module, train: Batches, val_images: int, cfg: RunConfig,
                             f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
                             "a longer --budget")
     plan.every = max(20, plan.steps // 10)
+    return plan
+
+
+def validation_seconds(net: nn.Module, val: Batches, group=None) -> float:
+    """The seconds of one validation pass, from one timed batch of it (after one untimed,
+    which pays for eval mode's first allocations): this process's share of the images."""
+    images = val.num_images // (group.world_size if group is not None else 1)
+    first = val.subset(slice(0, min(val.batch_size, images)))
+    predict_logits(net, first)
+    _sync(val.y.device)
+    t0 = time.perf_counter()
+    predict_logits(net, first)
+    _sync(val.y.device)
+    return (time.perf_counter() - t0) * images / max(1, first.num_images)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
+                 steps_per_epoch: int, group, resume: dict) -> "Plan | None":
+    """A resumed budget run's plan: the one it was following (re-planned after each epoch
+    from then on, so the budget still holds), or for a checkpoint that did not keep one a
+    fresh measurement fitted into what is left of the budget."""
+    if not cfg.budget:
+        return None
+    if resume.get("plan"):
+        return Plan(**resume["plan"])
+    plan = plan_steps(net, train, val, cfg, steps_per_epoch, group)
+    done = resume["epoch"] * steps_per_epoch
+    plan.fit(done, budget_left(cfg, resume["train_time_s"] + plan.measuring_s),
+             cfg.progressive)
+    if group is not None:
+        plan.steps = group.broadcast(plan.steps)
     return plan
 
 
