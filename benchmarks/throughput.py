@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab import models
+from cifarlab import machine, models
 from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
-from cifarlab.train import make_optimizer, prepare_model
+from cifarlab.train import autocast, make_optimizer, prepare_model
 
 
 def train_flops_per_image(net: nn.Module) -> float:
@@ -58,7 +58,8 @@ def matmul_peak(seconds: float = 3.0) -> float:
     return 2 * 2048 ** 3 * n / (time.perf_counter() - start) / 1e9
 
 
-def images_per_second(preset: str, batch: int, seconds: float) -> float:
+def images_per_second(preset: str, batch: int, seconds: float, dtype=None) -> float:
+    """cifarlab's training step, computing in float32 or (dtype) under bf16 autocast."""
     torch.manual_seed(0)
     cfg = RunConfig(model=preset, batch_size=batch)
     net = prepare_model(models.build(models.preset(preset)), torch.device("cpu"))
@@ -71,7 +72,8 @@ def images_per_second(preset: str, batch: int, seconds: float) -> float:
     done, start, warm = 0, None, 3
     while True:
         for x, y in batches.shuffled(torch.Generator().manual_seed(done)):
-            loss = loss_fn(net(x), y)
+            with autocast(x.device, dtype):
+                loss = loss_fn(net(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,6 +108,7 @@ def main():
     args = p.parse_args()
     keras = Path(args.keras_python) if Path(args.keras_python).exists() else None
     peak = matmul_peak()
+    native_bf16 = machine.cpu()["bf16"]  # emulated bf16 is far slower: not worth a column
     rows = []
     for preset in args.presets.split(","):
         flops = train_flops_per_image(models.build(models.preset(preset)))
@@ -113,16 +116,21 @@ def main():
             ips = images_per_second(preset, batch, args.seconds)
             k_ips = keras_images_per_second(keras, preset, batch, args.seconds) if keras \
                 else float("nan")
-            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips))
+            bf16 = images_per_second(preset, batch, args.seconds, torch.bfloat16) \
+                if native_bf16 else float("nan")
+            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips, bf16))
     peak_after = matmul_peak()
+    print(f"CPU: {machine.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
           f"measured now: {peak:.1f} GFLOP/s before, {peak_after:.1f} after\n")
     print("| network | batch | cifarlab images/s | GFLOP/s | % of matmul peak | "
-          "Keras images/s | cifarlab / Keras |")
-    print("|---|---|---|---|---|---|---|")
-    for preset, batch, ips, gf, k_ips in rows:
+          "Keras images/s | cifarlab / Keras | bf16 images/s | bf16 / float32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for preset, batch, ips, gf, k_ips, bf16 in rows:
         print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
-              f"{k_ips:.0f} | {ips / k_ips:.2f}x |")
+              f"{k_ips:.0f} | {ips / k_ips:.2f}x | {bf16:.0f} | {bf16 / ips:.2f}x |")
+    if not native_bf16:
+        print("\n(bf16 columns empty: this CPU has no native bf16, where it is emulated)")
     if keras is None:
         print("\n(Keras columns empty: run benchmarks/keras_env.sh to create .venv-keras)")
     import matplotlib

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from cifarlab import RunConfig, load_cifar10, train_run
+from cifarlab import RunConfig, load_cifar10, machine, train_run
 from cifarlab.config import parse_budget, with_recipe
 
 
@@ -57,6 +57,7 @@ def main():
             fast_points.append((run.metrics["train_time_s"], run.metrics["test_accuracy"],
                                 budget))
 
+    print(f"\nCPU: {machine.describe()}")
     print("\n| recipe | training time (s) | test accuracy |\n|---|---|---|")
     for seconds, acc in study_points:
         print(f"| study (simple, Adam, batch 32) | {seconds:.0f} | {acc:.4f} |")

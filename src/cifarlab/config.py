@@ -27,6 +27,7 @@ SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("unit", "standard")
 BN_REESTIMATE = ("auto", "always", "never")
+PRECISIONS = ("auto", "float32", "bf16")
 
 
 def cpu_threads(share: int = 1) -> int:
@@ -130,6 +131,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False  # torch.compile the training step (a GPU option; see train.py)
+    # "auto": bf16 on GPUs that have it natively, else float32; "bf16" also on CPUs with
+    # native bf16 (AVX-512 BF16, AMX); see train.precision
+    precision: str = "auto"
 
     def net_config(self) -> models.NetConfig:
         changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}
@@ -167,7 +171,7 @@ class RunConfig:
             with_recipe({"recipe": self.recipe})
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("device", DEVICES), ("normalize", NORMALIZE),
-                              ("bn_reestimate", BN_REESTIMATE)):
+                              ("bn_reestimate", BN_REESTIMATE), ("precision", PRECISIONS)):
             value = getattr(self, name)
             need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.early_stopping:

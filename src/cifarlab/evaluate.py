@@ -55,8 +55,10 @@ def most_confused(confusion: np.ndarray, classes, k: int = 3) -> list[tuple[str,
     return [(classes[t], classes[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
-def evaluate(net: nn.Module, batches: Batches, classes, tta: int = 0) -> Evaluation:
-    logits = predict_logits(net, batches, tta)
+def evaluate(net: nn.Module, batches: Batches, classes, tta: int = 0,
+             dtype: torch.dtype | None = None) -> Evaluation:
+    """Score `net` on `batches` (computing in `dtype`, bf16, or float32 for None)."""
+    logits = predict_logits(net, batches, tta, dtype)
     loss, acc = loss_and_accuracy(logits, batches.y)
     probs = torch.softmax(logits, 1)
     return Evaluation(accuracy=acc, loss=loss, labels=batches.y.cpu().numpy(),

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, distributed, models, normstats, plots, rundir, trackers
+from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
-                    prepare_model, resolve_device)
+                    precision, prepare_model, resolve_device)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -57,7 +57,8 @@ def default_out(cfg: RunConfig, root: str | Path = "runs") -> Path:
 def environment(device: torch.device, group=None) -> dict:
     env = {"cifarlab": __version__, "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(),
-           "device": str(device), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+           "device": str(device), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "cpu": machine.cpu()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     if group is not None:
@@ -128,6 +129,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     main = group is None or group.is_main
     verbose = verbose and main
     device = group.device if group is not None else resolve_device(cfg.device)
+    dtype = precision(device, cfg.precision)  # refused here, before anything is written
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     net = build_network(cfg, dataset.num_classes, device)
@@ -172,7 +174,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             raise instead from None
         if not main:  # rank 0 alone evaluates and writes the results
             return RunResult(out, cfg, net, result, None, {})
-        ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta)
+        ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta, dtype=dtype)
         metrics = summarize(cfg, result, ev, device, group)
         metrics["batch_norm"] = batch_norm_record(net, train_b, cfg, result)
         write_outputs(out, net, result.history, ev, metrics)
@@ -191,7 +193,9 @@ def _announce(cfg: RunConfig, net: nn.Module, dataset: Dataset, train, val, devi
     val_text = f"{len(val):,} validation images" if cfg.val_split else \
         "validating on the test set (the original study's protocol)"
     again = f"; resuming after epoch {state['epoch']}" if state else ""
-    where = f"device {device}, {torch.get_num_threads()} threads"
+    dtype = "bf16" if precision(device, cfg.precision) else "float32"
+    kind = f": {machine.describe()}" if device.type == "cpu" else ""
+    where = f"device {device}{kind}, {torch.get_num_threads()} threads, {dtype}"
     if distributed.launched():
         where = (f"data-parallel over {os.environ['WORLD_SIZE']} processes started by torchrun "
                  f"(batch {cfg.batch_size} split among them), each on {where}")
@@ -318,6 +322,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "compile_s": result.compile_s,
+        "precision": "bfloat16" if precision(device, cfg.precision) else "float32",
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",
         "most_confused": [{"true": t, "predicted": p, "count": c}
                           for t, p, c in ev.most_confused(3)],
@@ -401,6 +406,15 @@ def load_network(run: str | Path, device: torch.device | str = "cpu") -> tuple[n
     return prepare_model(net, torch.device(device)), info
 
 
+def evaluation_precision(device: torch.device, setting: str) -> torch.dtype | None:
+    """The run's precision where this device has it; float32 where it does not (a bf16 run
+    scored on a machine without native bf16: float32 holds its weights exactly)."""
+    try:
+        return precision(device, setting)
+    except CifarlabError:  # bf16 asked for, not native here
+        return None
+
+
 def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True) -> Evaluation:
     """Re-create a run's report and confusion matrix on the test set from its saved weights."""
     run = Path(run)
@@ -414,7 +428,8 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
                             f"run's ({', '.join(info['config']['classes'])}); pass the --data "
                             "the run was trained on")
     test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
-    ev = evaluate(net, test_b, dataset.classes, tta=settings.tta)
+    ev = evaluate(net, test_b, dataset.classes, tta=settings.tta,
+                  dtype=evaluation_precision(device, settings.precision))
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")

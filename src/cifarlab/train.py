@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import normstats
+from . import machine, normstats
 from .augment import parse as parse_augment
 from .config import RunConfig, parse_budget
 from .early_stopping import EarlyStopping, parse_spec
@@ -40,24 +40,50 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """The precision the network computes in (see `precision`)."""
-    dtype = precision(device)
-    if dtype is not None:
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Compute in `dtype` (bf16) where it is given, float32 where it is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
-def precision(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs with native bf16 (compute capability 8.0 and newer: A100, L4,
-    H100...; bf16 has float32's range, so no loss scaling). float32 (None) on the CPU and
-    on older GPUs (T4, V100, P100: Colab's and Kaggle's free ones), where bf16 convolutions
-    fall back to a slow path. fp16 with a gradient scaler would be faster there still; that
-    trade (loss scaling, overflow checks in the step and the checkpoint) is left until it
-    can be measured on such a GPU."""
-    if device.type != "cuda":
+def precision(device: torch.device, setting: str = "auto") -> torch.dtype | None:
+    """The dtype a run computes in: bf16 (autocast) or None for float32.
+
+    "auto": bf16 on GPUs with native bf16 (compute capability 8.0 and newer: A100, L4,
+    H100...; bf16 has float32's range, so no loss scaling); float32 on older GPUs (T4, V100,
+    P100: Colab's and Kaggle's free ones), where bf16 convolutions fall back to a slow path,
+    and on CPUs, even those with native bf16 (AVX-512 BF16, AMX), where it is asked for
+    with "bf16" (docs/usage.md: its speed is measured only by the issue that asked for it,
+    its accuracy only in emulation). fp16 with a gradient scaler would be faster on old
+    GPUs; that trade (loss scaling, overflow checks in the step and the checkpoint) is left
+    until it can be measured on such a GPU.
+    "bf16" where the device has no native bf16 is refused: emulated, it is slower than
+    float32 (11x on an AVX2 CPU)."""
+    if setting == "float32":
         return None
-    return torch.bfloat16 if _capability(device) >= (8, 0) else None
+    native = _native_bf16(device)
+    if setting == "bf16":
+        if not native:
+            raise CifarlabError(f"--precision bf16 needs native bf16, which {_name(device)} "
+                                "lacks (it would be emulated and slower than float32); use "
+                                "--precision float32 or auto")
+        return torch.bfloat16
+    return torch.bfloat16 if native and device.type == "cuda" else None
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return _capability(device) >= (8, 0)
+    return device.type == "cpu" and machine.cpu()["bf16"]
+
+
+def _name(device: torch.device) -> str:
+    if device.type == "cuda":
+        major, minor = _capability(device)
+        return f"this GPU ({torch.cuda.get_device_name(device)}, compute capability " \
+               f"{major}.{minor})"
+    return f"this CPU ({machine.describe()})"
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
@@ -121,13 +147,14 @@ def linear_shape(step: int, total: int) -> float:
 
 
 @torch.inference_mode()
-def predict_logits(net: nn.Module, batches: Batches, tta: int = 0) -> torch.Tensor:
+def predict_logits(net: nn.Module, batches: Batches, tta: int = 0,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
     """Float32 logits for every image of `batches`, in order, in eval mode; with `tta`
     averaged over test-time augmented views (see tta_logits)."""
     was_training = net.training
     net.eval()
     device = batches.y.device
-    with autocast(device):
+    with autocast(device, dtype):
         out = torch.cat([tta_logits(net, x, tta).float() for x, _ in batches])
     net.train(was_training)
     return out
@@ -156,13 +183,14 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.avg_pool2d(x, 2)
 
 
-def validate(net: nn.Module, val: Batches, group=None) -> tuple[float, float]:
+def validate(net: nn.Module, val: Batches, group=None,
+             dtype: torch.dtype | None = None) -> tuple[float, float]:
     """Validation loss and accuracy; in a data-parallel run each process scores its share
     of the images and the sums are added up, so every process gets the same numbers."""
     if group is None:
-        return loss_and_accuracy(predict_logits(net, val), val.y)
+        return loss_and_accuracy(predict_logits(net, val, dtype=dtype), val.y)
     part = val.subset(group.shard(val.num_images))
-    logits = predict_logits(net, part)
+    logits = predict_logits(net, part, dtype=dtype)
     loss = nn.functional.cross_entropy(logits, part.y, reduction="sum")
     correct = (logits.argmax(1) == part.y).sum()
     loss, correct = group.all_sum(loss, correct)
@@ -271,7 +299,7 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
             normstats.reestimate(net, normstats.training_batches(
                 train, train.batch_size // loop.world, cfg.split_seed)[0])
             result.bn_reestimated.append(epoch)
-        val_loss, val_acc = validate(net, val, group)
+        val_loss, val_acc = validate(net, val, group, loop.dtype)
         val_s = time.perf_counter() - val_start
         row = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
                "val_accuracy": val_acc, "lr": lr,
@@ -468,6 +496,7 @@ class _Loop:
     world: int
     group: object
     stop_requested: Callable[[], int] | None
+    dtype: torch.dtype | None  # bf16 autocast, or None for float32 (see `precision`)
     first: int = 1  # the first epoch to train
     stopped: bool = False  # a resumed run that had already stopped early
 
@@ -511,7 +540,7 @@ class _Loop:
                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
                    parse_augment(cfg.augment), pacer, Progress(pacer.epochs, steps, verbose),
                    result, steps, group.world_size if group is not None else 1, group,
-                   stop_requested)
+                   stop_requested, precision(device, cfg.precision))
         if resume is not None:
             loop.restore(resume)
         if verbose and cfg.compile:
@@ -525,7 +554,7 @@ class _Loop:
     def step(self, x: torch.Tensor, y: torch.Tensor, global_n: int):
         """One optimiser step on this process's slice `x` of a global batch of `global_n`
         images; returns the logits and the slice's summed loss."""
-        with autocast(self.device):
+        with autocast(self.device, self.dtype):
             logits = self.model(x)
             loss_total = self.loss_fn(logits.float(), y)
             loss = loss_total * (self.world / global_n)
@@ -582,6 +611,7 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
     compiles nothing. Validation and evaluation stay uncompiled (eval mode would compile
     a second graph for a small share of the time)."""
     check_compile(train.y.device)
+    dtype = precision(train.y.device, cfg.precision)
     start = time.perf_counter()
     # Static shapes: each batch shape below gets a graph of its own. Left dynamic, the
     # second shape would make torch.compile trace one general graph (slower code, and
@@ -595,7 +625,7 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
     if cfg.progressive:
         shapes += [downsample(v) for v in shapes]
     for v in shapes:
-        with autocast(x.device):
+        with autocast(x.device, dtype):
             compiled(v).float().sum().backward()
     net.zero_grad(set_to_none=True)
     net.load_state_dict(saved)
@@ -679,6 +709,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     model = torch.compile(probe, dynamic=False) if cfg.compile else probe  # cached for fit
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = train.y.device
+    dtype = precision(device, cfg.precision)
     stream = _endless(train, cfg, group)
 
     def seconds_per_step(n: int, half: bool, at_least_s: float = 0.0) -> float:
@@ -687,7 +718,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         while done < n or time.perf_counter() - t0 < at_least_s:
             done += 1
             x, y = next(stream)
-            with autocast(device):
+            with autocast(device, dtype):
                 loss = loss_fn(model(downsample(x) if half else x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -704,7 +735,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     if cfg.progressive:
         seconds_per_step(1, True)
         half = seconds_per_step(steps, True, measure)
-    validation = validation_seconds(probe, val, group)
+    validation = validation_seconds(probe, val, group, dtype)
     spent = time.perf_counter() - started
     plan = Plan(0, full, half, validation, spent, steps_per_epoch)
     plan.fit(0, BUDGET_USE * budget - spent, cfg.progressive)
@@ -716,15 +747,16 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     return plan
 
 
-def validation_seconds(net: nn.Module, val: Batches, group=None) -> float:
+def validation_seconds(net: nn.Module, val: Batches, group=None,
+                       dtype: torch.dtype | None = None) -> float:
     """The seconds of one validation pass, from one timed batch of it (after one untimed,
     which pays for eval mode's first allocations): this process's share of the images."""
     images = val.num_images // (group.world_size if group is not None else 1)
     first = val.subset(slice(0, min(val.batch_size, images)))
-    predict_logits(net, first)
+    predict_logits(net, first, dtype=dtype)
     _sync(val.y.device)
     t0 = time.perf_counter()
-    predict_logits(net, first)
+    predict_logits(net, first, dtype=dtype)
     _sync(val.y.device)
     return (time.perf_counter() - t0) * images / max(1, first.num_images)
 

@@ -1,0 +1,101 @@
+"""Which precision a run computes in, on every kind of CPU: bf16 only where the CPU has it
+natively (simulated here on any CPU by what `machine.cpu()` reports), float32 elsewhere,
+and the machine recorded beside every run."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import Tiny
+from torch import nn
+
+from cifarlab import RunConfig, load_cifar10, machine, train, train_run
+from cifarlab.cli import main
+from cifarlab.run import evaluate_run
+
+TINY = dict(model="fast", filters=(8, 8, 8), val_split=40, device="cpu", epochs=1,
+            batch_size=40, optimizer="sgd", lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return Tiny(per_class_train=16, per_class_test=6).write_binary(tmp_path_factory.mktemp("d"))
+
+
+@pytest.fixture(scope="module")
+def dataset(data_dir):
+    return load_cifar10(data_dir, cache=False)
+
+
+def cpu_with(bf16: bool, monkeypatch):
+    info = {"model": "Test CPU", "capability": "AVX512" if bf16 else "AVX2", "bf16": bf16,
+            "flags": ["avx512_bf16"] if bf16 else []}
+    monkeypatch.setattr(machine, "cpu", lambda: info)
+
+
+@pytest.mark.parametrize("native,setting,expected", [
+    (False, "auto", None), (True, "auto", None),  # opt-in on CPUs: see train.precision
+    (True, "bf16", torch.bfloat16), (True, "float32", None), (False, "float32", None)])
+def test_a_cpu_computes_in_bf16_only_when_asked_and_native(monkeypatch, native, setting,
+                                                           expected):
+    cpu_with(native, monkeypatch)
+    assert train.precision(torch.device("cpu"), setting) == expected
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_in_one_sentence_before_any_folder(
+        data_dir, tmp_path, capsys, monkeypatch):
+    cpu_with(False, monkeypatch)
+    code = main(["train", "--data", str(data_dir), "--model", "fast", "--epochs", "1",
+                 "--precision", "bf16", "--device", "cpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--precision bf16 needs native bf16, which this CPU (Test CPU (AVX2, no native " \
+           "bf16)) lacks" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bf16_run_trains_and_evaluates_under_cpu_autocast_and_says_so(dataset, tmp_path,
+                                                                        monkeypatch):
+    cpu_with(True, monkeypatch)
+    seen = set()
+    original = nn.Conv2d.forward
+
+    def recording(self, x):
+        out = original(self, x)
+        seen.add((self.training, out.dtype))
+        return out
+    monkeypatch.setattr(nn.Conv2d, "forward", recording)
+    result = train_run(RunConfig(**TINY, precision="bf16"), tmp_path / "r", data=dataset,
+                       verbose=False)
+    assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen
+    assert (True, torch.float32) not in seen  # every training convolution in bf16
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["precision"] == "bfloat16" and m["environment"]["cpu"]["bf16"] is True
+    assert math.isfinite(result.fit.history[0]["loss"])
+    assert all(p.dtype == torch.float32 for p in result.net.parameters())  # float32 master
+
+
+def test_a_float32_run_records_its_machine_and_precision(dataset, tmp_path):
+    train_run(RunConfig(**TINY), tmp_path / "r", data=dataset, verbose=False)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["precision"] == "float32"
+    assert m["environment"]["cpu"] == machine.cpu()
+    assert m["environment"]["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_bf16_run_is_evaluated_in_float32_on_a_cpu_without_bf16(data_dir, tmp_path,
+                                                                   monkeypatch):
+    cpu_with(True, monkeypatch)
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(data_dir), *sum(([f"--{k.replace('_', '-')}", str(v)]
+                for k, v in TINY.items() if k != "filters"), []), "--filters", "8,8,8",
+                 "--precision", "bf16", "--out", str(out)]) == 0
+    cpu_with(False, monkeypatch)
+    seen = set()
+    original = nn.Conv2d.forward
+    monkeypatch.setattr(nn.Conv2d, "forward",
+                        lambda self, x: (lambda out: (seen.add(out.dtype), out)[1])(
+                            original(self, x)))
+    ev = evaluate_run(out, data=str(data_dir), verbose=False)
+    assert seen == {torch.float32} and 0 <= ev.accuracy <= 1
