@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab import models
+from cifarlab import machine, models
 from cifarlab.augment import parse
 from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
@@ -72,7 +72,7 @@ def main():
               "fast": train_rate("fast", args.batch, args.seconds),
               "batchnorm": train_rate("batchnorm", args.batch, args.seconds)}
     fastest = max(trains.values())
-    print(f"\nbatch {args.batch}, {torch.get_num_threads()} threads\n")
+    print(f"\nCPU: {machine.describe()}; batch {args.batch}, {torch.get_num_threads()} threads\n")
     print("| data path (augmentation) | images/s | x the fastest network |\n|---|---|---|")
     for spec, rate in loads.items():
         print(f"| {spec} | {rate:,.0f} | {rate / fastest:.1f}x |")

@@ -58,8 +58,10 @@ def main():
     images = np.array([r["train_images"] for r in rows], float)
     times = np.array([r["train_time_s"] for r in rows])
     slope, fixed = np.polyfit(images, times, 1) if len(rows) > 1 else (times[0] / images[0], 0)
-    print(f"\n| fraction | training images | training time (s) | line fit (s) | "
-          f"test accuracy | peak memory (MiB) |\n|---|---|---|---|---|---|")
+    from cifarlab import machine
+    print(f"\nCPU: {machine.describe()}")
+    print("\n| fraction | training images | training time (s) | line fit (s) | "
+          "test accuracy | peak memory (MiB) |\n|---|---|---|---|---|---|")
     for r, t in zip(rows, times):
         fit = fixed + slope * r["train_images"]
         print(f"| {r['fraction']:g} | {r['train_images']:,} | {t:.1f} | {fit:.1f} "

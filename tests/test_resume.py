@@ -270,3 +270,15 @@ def test_divergence_after_good_epochs_keeps_their_checkpoint(dataset, tmp_path, 
     assert rundir.load_checkpoint(out / rundir.CHECKPOINT)["epoch"] == 2
     assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
     assert len(rundir.read_history(out / "history.csv")) == 2
+
+
+def test_a_muon_run_resumes_bit_for_bit(dataset, tmp_path):
+    # Muon keeps its own momentum per filter bank; a resume must restore it exactly.
+    cfg = config(optimizer="muon", epochs=3)
+    train_run(cfg, tmp_path / "ref", data=dataset, verbose=False)
+    with pytest.raises(Crash):
+        train_run(cfg, tmp_path / "run", data=dataset, verbose=False,
+                  on_epoch_end=crash_after(2))
+    train_run(None, tmp_path / "run", data=dataset, verbose=False, resume=True)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == \
+        (tmp_path / "ref" / "model.safetensors").read_bytes()

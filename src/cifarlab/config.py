@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 SCHEDULES = ("constant", "onecycle", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 NORMALIZE = ("unit", "standard")
@@ -49,13 +49,15 @@ def cpu_threads(share: int = 1) -> int:
 
 
 # A recipe is a network and a way to train it, chosen together; settings given explicitly
-# (flags, config files, study variants) override the recipe's. Learning rate, batch size and
-# the progressive share were chosen by 90 s runs on a 2-core CPU (see README, Performance).
+# (flags, config files, study variants) override the recipe's. The optimiser, learning rates,
+# batch size and the progressive share were chosen by paired runs at a fixed length and at
+# 90 s budgets on a 2-core CPU (benchmarks/README.md): Muon for the filters, Nesterov SGD
+# for the rest, batch 128 (Muon's per-step cost is shared by more images).
 RECIPES = {
-    "fast": dict(model="fast", optimizer="sgd", lr=0.5, momentum=0.85, nesterov=True,
-                 weight_decay=5e-4, label_smoothing=0.2, schedule="linear", batch_size=64,
-                 augment="altflip,translate:2", normalize="standard", progressive=0.5, tta=2,
-                 epochs=8),
+    "fast": dict(model="fast", optimizer="muon", muon_lr=0.12, muon_momentum=0.6, lr=0.5,
+                 momentum=0.85, nesterov=True, weight_decay=5e-4, label_smoothing=0.2,
+                 schedule="linear", batch_size=128, augment="altflip,translate:2",
+                 normalize="standard", progressive=0.5, tta=2, epochs=8),
 }
 
 
@@ -113,7 +115,9 @@ class RunConfig:
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9  # SGD only (with muon: for biases, batch-norm shifts, the head)
+    muon_lr: float = 0.05  # muon only: the filters' relative change per step (see muon.py)
+    muon_momentum: float = 0.6  # muon only
     nesterov: bool = True  # SGD only
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
@@ -157,6 +161,9 @@ class RunConfig:
         need(self.val_split >= 0, f"val_split must be 0 or more images, got {self.val_split}")
         need(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.muon_lr > 0, f"muon_lr must be positive, got {self.muon_lr}")
+        need(0 <= self.muon_momentum < 1,
+             f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         need(self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}")
         need(0 <= self.label_smoothing < 1,
              f"label smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -177,7 +184,11 @@ class RunConfig:
         if self.early_stopping:
             parse_spec(self.early_stopping)
         augment.parse(self.augment)
-        self.net_config()  # unknown preset, impossible shape
+        net = self.net_config()  # unknown preset, impossible shape
+        need(self.optimizer != "muon" or net.batchnorm,
+             f"optimizer muon renormalises the filters, which only a network with batch norm "
+             f"after every convolution ignores; {self.model!r} has none here, so add "
+             "--batchnorm or use sgd or adam")
         return self
 
     def to_dict(self) -> dict:

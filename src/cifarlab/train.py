@@ -29,6 +29,7 @@ from .config import RunConfig, parse_budget
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
 from .loader import Batches
+from .muon import Muon
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -110,6 +111,14 @@ def prepare_model(net: nn.Module, device: torch.device) -> nn.Module:
 
 
 def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":  # the filters by Muon, the rest by Nesterov SGD (muon.py)
+        trained = [p for p in net.parameters() if p.requires_grad]
+        filters = [p for p in trained if p.ndim == 4]
+        rest = [p for p in trained if p.ndim != 4]
+        return Muon([dict(params=rest),  # first: the history's "lr" stays the SGD rate
+                     dict(params=filters, muon=True, lr=cfg.muon_lr,
+                          momentum=cfg.muon_momentum, weight_decay=0.0)],
+                    lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     params = net.parameters()
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -125,7 +134,8 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: RunConfig, total_steps: int,
     """A per-step learning-rate schedule over the planned run (None for a constant rate).
     The linear schedule follows `plan.steps` when a time budget re-plans the run."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     if cfg.schedule == "linear":
