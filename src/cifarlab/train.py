@@ -55,8 +55,8 @@ def precision(device: torch.device, setting: str = "auto") -> torch.dtype | None
     H100...; bf16 has float32's range, so no loss scaling); float32 on older GPUs (T4, V100,
     P100: Colab's and Kaggle's free ones), where bf16 convolutions fall back to a slow path,
     and on CPUs, even those with native bf16 (AVX-512 BF16, AMX), where it is asked for
-    with "bf16" (docs/usage.md: its speed is measured only by the issue that asked for it,
-    its accuracy only in emulation). fp16 with a gradient scaler would be faster on old
+    with "bf16" (its speed and accuracy against float32 on such a CPU are not yet measured
+    by this project: benchmarks/README.md). fp16 with a gradient scaler would be faster on old
     GPUs; that trade (loss scaling, overflow checks in the step and the checkpoint) is left
     until it can be measured on such a GPU.
     "bf16" where the device has no native bf16 is refused: emulated, it is slower than
