@@ -175,6 +175,11 @@ def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
     assert (cfg.model, cfg.optimizer, cfg.schedule, cfg.lr, cfg.label_smoothing) == (
         "fast", "muon", "linear", 0.1, 0.2)
     assert RunConfig.from_dict({"recipe": "fast"}).model == "fast"
+    wide = RunConfig(**with_recipe({"recipe": "gpu94"})).validate()
+    # the GPU recipe: wide, fixed length at full size, and runnable on a CPU as it stands
+    assert (wide.filters, wide.batch_size, wide.optimizer, wide.epochs, wide.budget) == (
+        (64, 256, 256), 512, "muon", 8, None)
+    assert wide.progressive == 0 and not wide.compile and wide.tta == 2
     with pytest.raises(CifarlabError, match="unknown recipe 'slow'"):
         with_recipe({"recipe": "slow"})
     code = main(["train", "--recipe", "fast", "--budget", "soon", "--out", str(tmp_path / "r")])

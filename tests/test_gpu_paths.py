@@ -172,6 +172,10 @@ def test_the_gpu_check_script_plans_every_check_in_a_dry_run():
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len([line for line in lines if line.startswith("- ")]) == 6
-    for words in ("--compile", "--batch-size 256", "--jobs 2", "--nproc 2"):
+    assert len([line for line in lines if line.startswith("- ")]) == 9
+    for words in ("--compile", "--batch-size 256", "--jobs 2", "--nproc 2",
+                  "--recipe gpu94 --compile --seed 2"):
         assert words in done.stdout
+    only = subprocess.run([sys.executable, str(script), "--dry-run", "--only", "gpu94"],
+                          capture_output=True, text=True, timeout=120)
+    assert len([line for line in only.stdout.splitlines() if line.startswith("- ")]) == 3

@@ -19,8 +19,10 @@ from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .trackers import parse as parse_trackers
 
 HELP = {
-    "recipe": "a network and training recipe together: fast (the speed recipe); other "
-              "settings given override it",
+    "recipe": "a network and training recipe together: fast (the speed recipe for CPUs "
+              "and time budgets) or gpu94 (the wide 64-256-256 network for 8 epochs in "
+              "batches of 512, aimed at 94%% on a GPU with --compile); other settings given "
+              "override it",
     "budget": "training time, e.g. 90s, 5m or 1h: the steps that fit are planned from the "
               "measured speed and the schedule spans them (replaces --epochs)",
     "progressive": "fraction of the training steps on half-resolution (16x16) images, "
