@@ -279,7 +279,8 @@ def test_a_budget_too_short_for_one_step_is_one_sentence_and_leaves_no_folder(
                  "--val-split", "0", "--budget", "0.001s", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert "budget 0.001s does not fit one training step" in err and len(err.splitlines()) == 1
+    assert "budget 0.001s does not fit one training step and its validation pass" in err
+    assert "s a validation pass" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -750,9 +750,10 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     plan = Plan(0, full, half, validation, spent, steps_per_epoch)
     plan.fit(0, BUDGET_USE * budget - spent, cfg.progressive)
     if plan.cost(0, plan.steps, cfg.progressive) > BUDGET_USE * budget - spent:
-        raise BudgetTooShort(f"the budget {cfg.budget} does not fit one training step on this "
-                            f"machine ({full:.2f} s each, {spent:.1f} s spent measuring); give "
-                            "a longer --budget")
+        raise BudgetTooShort(f"the budget {cfg.budget} does not fit one training step and "
+                            f"its validation pass on this machine ({full:.2f} s a step, "
+                            f"{validation:.1f} s a validation pass, {spent:.1f} s spent "
+                            "measuring); give a longer --budget")
     plan.every = max(20, plan.steps // 10)
     return plan
 
