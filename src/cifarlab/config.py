@@ -53,22 +53,19 @@ def cpu_threads(share: int = 1) -> int:
 # batch size and the progressive share were chosen by paired runs at a fixed length and at
 # 90 s budgets on a 2-core CPU (benchmarks/README.md): Muon for the filters, Nesterov SGD
 # for the rest, batch 128 (Muon's per-step cost is shared by more images).
+_FAST = dict(model="fast", optimizer="muon", muon_lr=0.12, muon_momentum=0.6, lr=0.5,
+             momentum=0.85, nesterov=True, weight_decay=5e-4, label_smoothing=0.2,
+             schedule="linear", batch_size=128, augment="altflip,translate:2",
+             normalize="standard", progressive=0.5, tta=2, epochs=8)
 RECIPES = {
-    "fast": dict(model="fast", optimizer="muon", muon_lr=0.12, muon_momentum=0.6, lr=0.5,
-                 momentum=0.85, nesterov=True, weight_decay=5e-4, label_smoothing=0.2,
-                 schedule="linear", batch_size=128, augment="altflip,translate:2",
-                 normalize="standard", progressive=0.5, tta=2, epochs=8),
-    # The GPU recipe: the fast network widened to 64-256-256 (the width of the published
-    # CIFAR-10 speed records), a fixed 8 epochs at full size in batches of 512 (a GPU's
-    # steps cost little more for four times the images). The rates sit between the fast
-    # recipe's at batch 128 and those measured best at batch 1024 (2 epochs on the narrow
-    # network, benchmarks/README.md), where its full-length accuracy is reported. Add
-    # --compile on a GPU.
-    "gpu94": dict(model="fast", filters=(64, 256, 256), optimizer="muon", muon_lr=0.2,
-                  muon_momentum=0.6, lr=1.0, momentum=0.85, nesterov=True,
-                  weight_decay=5e-4, label_smoothing=0.2, schedule="linear", batch_size=512,
-                  augment="altflip,translate:2", normalize="standard", progressive=0.0,
-                  tta=2, epochs=8),
+    "fast": _FAST,
+    # The GPU recipe: the fast recipe on the published CIFAR-10 speed records' width
+    # (64-256-256), a fixed 8 epochs at full size in batches of 512 (a GPU needs large
+    # batches to be busy). Its rates sit between the fast recipe's at batch 128 and those
+    # measured best at batch 1024 (2 epochs of the narrow network); its full-length accuracy
+    # is in benchmarks/README.md. Add --compile on a GPU.
+    "gpu94": {**_FAST, "filters": (64, 256, 256), "muon_lr": 0.2, "lr": 1.0,
+              "batch_size": 512, "progressive": 0.0},
 }
 
 
