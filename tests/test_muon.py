@@ -77,3 +77,41 @@ def test_muon_on_a_network_without_batch_norm_is_refused_in_one_sentence():
     with pytest.raises(CifarlabError, match="optimizer muon renormalises the filters.*'simple'"):
         RunConfig(model="simple", optimizer="muon").validate()
     RunConfig(model="simple", batchnorm=True, optimizer="muon").validate()
+
+
+def test_the_whitening_bias_trains_only_in_its_share_of_the_steps_then_stands_still():
+    """--whiten-bias 0.25 with --warmup 0: the stem's bias runs its own straight decay over
+    the first quarter of the steps and then never moves; the other groups decay over all
+    of them (as airbench94_muon trains its whitening bias for 3 of 8 epochs)."""
+    cfg = RunConfig(**with_recipe({"recipe": "fast", "filters": (8, 16, 16), "warmup": 0.0,
+                                   "whiten_bias": 0.25, "bias_lr": 2.0})).validate()
+    torch.manual_seed(0)
+    net = models.build(cfg.net_config())
+    opt = make_optimizer(net, cfg)
+    schedule = make_schedule(opt, cfg, 40)
+    weights, biases, stem, filters = opt.param_groups
+    assert stem["stem"] and stem["params"] == [net[0].bias] and stem["lr"] == 2.0
+    assert all(p is not net[0].bias for p in biases["params"])
+    history = []
+    for step in range(40):
+        assert weights["lr"] == pytest.approx(cfg.lr * (1 - step / 40))
+        assert filters["lr"] == pytest.approx(cfg.muon_lr * (1 - step / 40))
+        assert stem["lr"] == pytest.approx(2.0 * max(0.0, 1 - step / 10))
+        assert biases["lr"] == pytest.approx(2.0 * (1 - step / 40))
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)),
+                                    torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        schedule.step()
+        history.append(net[0].bias.detach().clone())
+    assert not torch.equal(history[0], history[9])  # it trained in its first 10 steps...
+    for later in history[10:]:
+        assert torch.equal(later, history[9])  # ...and stood still after them
+
+
+def test_whiten_bias_needs_the_linear_schedule_and_an_sgd_step():
+    with pytest.raises(CifarlabError, match="whiten_bias 0.5 shortens the linear schedule"):
+        RunConfig(**with_recipe({"recipe": "fast", "whiten_bias": 0.5,
+                                 "schedule": "cosine"})).validate()
+    with pytest.raises(CifarlabError, match="warmup must be in"):
+        RunConfig(warmup=1.0).validate()

@@ -57,11 +57,17 @@ HELP = {
     "momentum": "SGD momentum (with muon: of the biases, batch-norm shifts and head)",
     "muon_lr": "muon: the filters' relative change per step",
     "muon_momentum": "muon: the filters' Nesterov momentum",
+    "bias_lr": "sgd and muon: learning rate of the biases and batch-norm shifts (default: "
+               "--lr); their weight decay per step stays that of --lr",
     "nesterov": "Nesterov momentum for SGD",
     "weight_decay": "weight decay",
     "label_smoothing": "label smoothing of the cross-entropy targets",
     "schedule": "learning-rate schedule: constant, onecycle, cosine or linear (warm-up then "
                 "linear decay)",
+    "warmup": "linear schedule: share of the steps spent warming up (0: straight decay)",
+    "whiten_bias": "fast networks (sgd or muon, linear schedule): share of the steps in which "
+                   "the whitening stem's bias trains, its rate falling to 0 by then; e.g. "
+                   "0.375 as airbench",
     "early_stopping": "METRIC:PATIENCE, e.g. val_accuracy:10 or val_loss:5",
     "min_delta": "smallest change of the monitored metric that counts as an improvement",
     "start_from_epoch": "epochs of warm-up before early stopping starts watching",

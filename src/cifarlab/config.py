@@ -126,10 +126,17 @@ class RunConfig:
     momentum: float = 0.9  # SGD only (with muon: for biases, batch-norm shifts, the head)
     muon_lr: float = 0.05  # muon only: the filters' relative change per step (see muon.py)
     muon_momentum: float = 0.6  # muon only
+    # SGD and muon: the rate of biases and batch-norm shifts (None: lr). Their decay per
+    # step stays lr x weight_decay, whatever their rate (see train.make_optimizer)
+    bias_lr: float | None = None
     nesterov: bool = True  # SGD only
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     schedule: str = "constant"  # per-step "onecycle", "cosine" or "linear" (warm-up, decay)
+    warmup: float = 0.2  # linear schedule: share of the steps warming up (0: decay at once)
+    # fast networks with sgd or muon and the linear schedule: the share of the steps in
+    # which the whitening stem's bias trains (its schedule squeezed into them), then frozen
+    whiten_bias: float = 1.0
     budget: str | None = None  # e.g. "5m": train as many steps as fit (replaces epochs)
     progressive: float = 0.0  # fraction of the steps trained on half-resolution images
     tta: int = 0  # test-time augmentation: 0 none, 1 flips, 2 flips and 1-pixel shifts
@@ -170,6 +177,11 @@ class RunConfig:
         need(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.muon_lr > 0, f"muon_lr must be positive, got {self.muon_lr}")
+        need(self.bias_lr is None or self.bias_lr > 0,
+             f"bias_lr must be positive, got {self.bias_lr}")
+        need(self.bias_lr is None or self.optimizer in ("sgd", "muon"),
+             f"bias_lr is a rate for SGD steps (optimizer sgd or muon), not "
+             f"{self.optimizer}; drop --bias-lr or change the optimizer")
         need(0 <= self.muon_momentum < 1,
              f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         need(self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}")
@@ -180,6 +192,12 @@ class RunConfig:
              f"start_from_epoch must be 0 or more, got {self.start_from_epoch}")
         need(0 <= self.progressive < 1,
              f"progressive must be in [0, 1), got {self.progressive}")
+        need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}")
+        need(0 < self.whiten_bias <= 1, f"whiten_bias must be in (0, 1], got {self.whiten_bias}")
+        need(self.whiten_bias == 1 or (self.schedule == "linear"
+                                       and self.optimizer in ("sgd", "muon")),
+             f"whiten_bias {self.whiten_bias:g} shortens the linear schedule of an SGD step; "
+             "use --schedule linear with --optimizer sgd or muon, or drop --whiten-bias")
         need(self.tta in (0, 1, 2), f"tta must be 0, 1 or 2, got {self.tta}")
         parse_budget(self.budget)
         if self.recipe is not None:
