@@ -178,8 +178,11 @@ def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
     wide = RunConfig(**with_recipe({"recipe": "gpu94"})).validate()
     # the GPU recipe: wide, fixed length at full size, and runnable on a CPU as it stands
     assert (wide.filters, wide.batch_size, wide.optimizer, wide.epochs, wide.budget) == (
-        (64, 256, 256), 512, "muon", 8, None)
+        (64, 256, 256), 2000, "muon", 8, None)
     assert wide.progressive == 0 and not wide.compile and wide.tta == 2
+    # airbench94_muon's rates on cifarlab's mean loss and 1/9 head: decay 0.004 per step
+    assert (wide.muon_lr, wide.bias_lr, wide.warmup, wide.whiten_bias) == (0.24, 106, 0, 0.375)
+    assert wide.lr * wide.weight_decay == pytest.approx(0.004, rel=0.01)
     with pytest.raises(CifarlabError, match="unknown recipe 'slow'"):
         with_recipe({"recipe": "slow"})
     code = main(["train", "--recipe", "fast", "--budget", "soon", "--out", str(tmp_path / "r")])

@@ -21,7 +21,8 @@ from .trackers import parse as parse_trackers
 HELP = {
     "recipe": "a network and training recipe together: fast (the speed recipe for CPUs "
               "and time budgets) or gpu94 (the wide 64-256-256 network for 8 epochs in "
-              "batches of 512, aimed at 94%% on a GPU with --compile); other settings given "
+              "batches of 2,000 with airbench94_muon's rates, aimed at 94%% on a GPU with "
+              "--compile); other settings given "
               "override it",
     "budget": "training time, e.g. 90s, 5m or 1h: the steps that fit are planned from the "
               "measured speed and the schedule spans them (replaces --epochs)",
