@@ -272,9 +272,14 @@ def test_divergence_after_good_epochs_keeps_their_checkpoint(dataset, tmp_path, 
     assert len(rundir.read_history(out / "history.csv")) == 2
 
 
-def test_a_muon_run_resumes_bit_for_bit(dataset, tmp_path):
+@pytest.mark.parametrize("changes", [
+    {},
+    # the GPU recipe's per-group rates: a stem group on its own shorter schedule
+    dict(model="fast", filters=(8, 16, 16), dense=(), schedule="linear", bias_lr=2.0,
+         warmup=0.0, whiten_bias=0.5)], ids=["muon", "per-group-rates"])
+def test_a_muon_run_resumes_bit_for_bit(dataset, tmp_path, changes):
     # Muon keeps its own momentum per filter bank; a resume must restore it exactly.
-    cfg = config(optimizer="muon", epochs=3)
+    cfg = config(optimizer="muon", epochs=3, **changes)
     train_run(cfg, tmp_path / "ref", data=dataset, verbose=False)
     with pytest.raises(Crash):
         train_run(cfg, tmp_path / "run", data=dataset, verbose=False,

@@ -259,7 +259,7 @@ def _coerce(key, value, hint, where):
         return None
     for kind in kinds:
         origin = typing.get_origin(kind)
-        if origin is tuple and isinstance(value, (list, tuple)) and value and \
+        if origin is tuple and isinstance(value, (list, tuple)) and \
                 all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return tuple(value)
         if kind is bool and isinstance(value, bool):
