@@ -120,13 +120,16 @@ def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
                     + [dict(params=filters, muon=True, lr=cfg.muon_lr,
                             momentum=cfg.muon_momentum, weight_decay=0.0)],
                     lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # SGD and Adam keep every parameter, frozen ones too (they take no step without a
+    # gradient), so their checkpoints keep the layout that older runs resume from.
+    params = list(net.parameters())
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(sgd_groups(trained, cfg, stems), lr=cfg.lr,
+        return torch.optim.SGD(sgd_groups(params, cfg, stems), lr=cfg.lr,
                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, foreach=True)
     # Keras' Adam uses epsilon 1e-7 (PyTorch: 1e-8); the study's numbers came from Keras.
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(trained, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, foreach=True)
+    return kind(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def sgd_groups(params: list[torch.Tensor], cfg: RunConfig, stems: set[int]) -> list[dict]:
@@ -136,8 +139,9 @@ def sgd_groups(params: list[torch.Tensor], cfg: RunConfig, stems: set[int]) -> l
     parameter by lr x weight_decay per step, so the biases' weight decay is scaled by
     lr / bias_lr to keep the decay per step equal (as airbench does): the higher rate
     speeds up learning the shifts without also shrinking them faster."""
-    apart = [p for p in params if id(p) in stems] if cfg.whiten_bias < 1 else []
-    params = [p for p in params if all(p is not q for q in apart)]
+    split = cfg.whiten_bias < 1
+    apart = [p for p in params if split and id(p) in stems]
+    params = [p for p in params if not (split and id(p) in stems)]
     if cfg.bias_lr is None and not apart:
         return [dict(params=params)]
     rate = cfg.bias_lr if cfg.bias_lr is not None else cfg.lr
