@@ -137,6 +137,64 @@ def test_progressive_resizing_trains_the_first_share_of_steps_on_half_size_image
     assert steps == [16] * (len(steps) // 2) + [32] * (len(steps) - len(steps) // 2)
 
 
+def test_half_size_epochs_are_validated_at_half_size_and_never_chosen_as_best(
+        dataset, tmp_path, monkeypatch):
+    """The progressive phase's epochs are validated on 16x16 images as they trained (at full
+    size their batch-norm statistics are stale), marked so in history.csv, and never become
+    the best epoch: the network is tested at full size."""
+    from cifarlab import train as train_module
+    sizes, original = [], train_module.validate
+
+    def validate(net, val, group=None, dtype=None, half=False):
+        handle = net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[-1]))
+        try:
+            loss, acc = original(net, val, group, dtype, half)
+        finally:
+            handle.remove()
+        return (0.0, 1.0) if half else (loss, acc)  # a half-size epoch that looks perfect
+
+    monkeypatch.setattr(train_module, "validate", validate)
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 3, "progressive": 0.6, "tta": 0,
+                                   "early_stopping": "val_accuracy:1"}))
+    result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
+    # 33 steps of 11 an epoch; the first 20 are half-size, so only epoch 1 is wholly so.
+    assert [row["image_size"] for row in result.fit.history] == [16, 32, 32]
+    k = len(sizes) // 3  # batches in a validation pass
+    assert k >= 1 and sizes == [16] * k + [32] * (2 * k)
+    history = rundir.read_history(tmp_path / "r" / "history.csv")
+    assert [row["image_size"] for row in history] == [16, 32, 32]
+    m = result.metrics
+    assert m["best_epoch"] in (2, 3) and m["best_val_accuracy"] < 1.0
+    assert m["epochs_run"] == 3  # patience is not spent on the half-size epoch
+    report = rundir.load_run(tmp_path / "r")
+    from cifarlab.report import Run
+    values = Run("r", 0, report["config"], report["metrics"], report["history"]).values
+    assert values["best_epoch"] == m["best_epoch"] and values["best_val_accuracy"] < 1.0
+
+
+def test_learning_curves_shade_the_half_size_epochs_and_only_them():
+    from cifarlab.plots import curves_figure
+    row = dict(loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5, lr=0.1, epoch_time_s=1)
+    history = [{**row, "epoch": e, "image_size": size}
+               for e, size in zip(range(1, 6), (16, 16, 32, 32, 32))]
+    for ax in curves_figure(history, best_epoch=5).axes:
+        (span,) = ax.patches
+        assert span.get_x() == 0.5 and span.get_width() == 2.0  # epochs 1 and 2
+        assert "half-size phase (16x16 images)" in [t.get_text()
+                                                    for t in ax.get_legend().get_texts()]
+    full = [{**r, "image_size": 32} for r in history]
+    assert all(not ax.patches for ax in curves_figure(full).axes)
+
+
+def test_a_history_written_before_the_image_size_column_reads_as_full_size(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,accuracy,val_loss,val_accuracy,lr,epoch_time_s\n"
+                    "1,2.0,0.3,1.9,0.35,0.01,4.5\n")
+    assert rundir.read_history(path) == [{"epoch": 1, "loss": 2.0, "accuracy": 0.3,
+                                          "val_loss": 1.9, "val_accuracy": 0.35, "lr": 0.01,
+                                          "epoch_time_s": 4.5, "image_size": 32}]
+
+
 def net_of_corner(x):
     """A stand-in network: its 'logits' are two pixels of the top-left corner."""
     return x[:, 0, 0, :2]
@@ -225,6 +283,11 @@ def test_replanning_follows_the_measured_speed_of_the_last_epoch():
     halves = int(0.5 * mixed.steps) - 10
     assert halves * 0.5 + (mixed.steps - 10 - halves) * 1.0 <= 100 < \
         (halves + 1) * 0.5 + (mixed.steps - 9 - halves - 1) * 1.0 + 1.0
+    # A half-size validation pass (None) is not taken for the full-size passes to come.
+    kept = Plan(steps=100, full=1.0, half=0.25, validation=5.0, measuring_s=0.0,
+                steps_per_epoch=20)
+    kept.replan(20, 100.0, [20, 0], [5.0, 0.0], None, 0.5)
+    assert kept.validation == 5.0
 
 
 def test_a_study_variant_can_use_the_recipe_and_override_it():

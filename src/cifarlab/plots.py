@@ -8,6 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .data import IMAGE_SIZE
+
 # Figures are drawn with matplotlib's object API (`Figure`, not pyplot): they go straight to
 # files, pyplot's global state and the user's chosen backend (a notebook's inline plots) are
 # never touched, and no display or GUI toolkit is needed.
@@ -15,11 +17,23 @@ from matplotlib.ticker import MaxNLocator
 
 def learning_curves(history: list[dict], path: Path, best_epoch: int | None = None,
                     title: str = "") -> None:
-    """Loss and accuracy per epoch, train vs validation, with the best epoch marked."""
+    """Loss and accuracy per epoch, train vs validation (see curves_figure), to a file."""
+    curves_figure(history, best_epoch, title).savefig(path, dpi=110)
+
+
+def curves_figure(history: list[dict], best_epoch: int | None = None,
+                  title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train vs validation, with the best epoch marked and the
+    epochs of a progressive run's half-size phase shaded (trained and validated on 16x16
+    images, so not comparable with the full-size epochs after them)."""
     epochs = [r["epoch"] for r in history]
+    half = [r["epoch"] for r in history if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        if half:
+            ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
+                       label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
         ax.plot(epochs, [r[key] for r in history], "o-", ms=3, label=f"train {label}")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", ms=3,
                 label=f"validation {label}")
@@ -33,7 +47,7 @@ def learning_curves(history: list[dict], path: Path, best_epoch: int | None = No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def confusion_matrix(confusion: np.ndarray, classes, path: Path, title: str = "") -> None:

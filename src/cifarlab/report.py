@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rundir, stats
+from .data import IMAGE_SIZE
 from .errors import CifarlabError
 
 # Every metric has one definition, the same for every run (see STAT_NOTE).
@@ -41,10 +42,13 @@ class Run:
     def values(self) -> dict:
         """The report's metrics, computed from the history by one definition for every run."""
         h = self.history
-        vals = [r["val_accuracy"] for r in h]
+        # As in training, only full-size epochs compete (a progressive run validates its
+        # half-size epochs on half-size images); the last epoch always is one.
+        full = [r for r in h if r.get("image_size", IMAGE_SIZE) == IMAGE_SIZE] or h
+        best = max(full, key=lambda r: r["val_accuracy"])
         kept = h[min(len(h), int(self.metrics.get("weights_epoch") or len(h))) - 1]
         return {"test_accuracy": self.metrics["test_accuracy"],
-                "best_val_accuracy": max(vals), "best_epoch": int(np.argmax(vals)) + 1,
+                "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
                 "epochs_run": len(h), "train_time_s": self.metrics.get("train_time_s"),
                 "overfit_gap": kept["accuracy"] - kept["val_accuracy"]}
 
@@ -489,7 +493,13 @@ def figure_curves(results: Results) -> bytes:
             ax.plot(epochs, mean, color=color, label=g.name, lw=1.6)
             ax.fill_between(epochs, low, high, color=color, alpha=0.15)
     from matplotlib.ticker import MaxNLocator
+    half = [r["epoch"] for g in results.groups for r in
+            (row for run in g.runs for row in run.history)
+            if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
     for ax, label in zip(axes, ("validation accuracy", "validation loss")):
+        if half:  # a progressive run's half-size phase, validated on 16x16 images
+            ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
+                       label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)

@@ -30,11 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import IMAGE_SIZE
 from .errors import CifarlabError
 
 FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"  # the last complete epoch of an unfinished run
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "image_size",
+                   "epoch_time_s")
+# image_size: the side of the images an epoch ended training on and was validated on (16 in
+# the progressive phase, else 32); histories written before it existed hold only full size.
+WHOLE_COLUMNS = ("epoch", "image_size")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -172,6 +177,7 @@ def history_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
+        row = {"image_size": IMAGE_SIZE, **row}  # a checkpoint's rows from before the column
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
                          for k in HISTORY_COLUMNS})
     return buf.getvalue()
@@ -180,13 +186,15 @@ def history_csv(rows: list[dict]) -> str:
 def read_history(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
-            rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+            rows = [{k: (int(v) if k in WHOLE_COLUMNS else float(v)) for k, v in row.items()}
                     for row in csv.DictReader(f)]
     except (UnicodeDecodeError, csv.Error):
         raise damaged(path, "not a CSV table") from None
     except (TypeError, ValueError):  # a short row (None) or a cell that is not a number
         raise damaged(path, "a row is cut short or holds something other than numbers") \
             from None
+    if rows and set(rows[0]) == set(HISTORY_COLUMNS) - {"image_size"}:  # an older run's
+        rows = [{**row, "image_size": IMAGE_SIZE} for row in rows]
     if rows and set(rows[0]) != set(HISTORY_COLUMNS):
         raise damaged(path, f"its columns are not {', '.join(HISTORY_COLUMNS)}")
     if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)):
