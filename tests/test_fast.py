@@ -375,6 +375,57 @@ def test_a_lengthened_plan_never_sends_training_back_to_half_size():
     assert sizes[60:] == [32] * 40
 
 
+def run_paced(monkeypatch, step_seconds):
+    """A budget run's pacing alone, on a fake clock: step i (0-based) takes step_seconds(i).
+    Returns the image size of every step taken and the final plan's steps."""
+    import types
+
+    from cifarlab import train as train_module
+    from cifarlab.train import Pacer
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))  # progressive 0.5
+    # 232 steps of 100 an epoch fill 0.97 x 60 s: 116 at 0.1 s (16x16), 116 at 0.4 s.
+    plan = Plan(steps=232, full=0.4, half=0.1, validation=0.0, measuring_s=0.0,
+                steps_per_epoch=100, every=10)
+    pacer = Pacer(cfg, 100, 232, plan)
+    x, sizes, spent = torch.zeros(2, 3, 32, 32), [], 0.0
+    while pacer.done < pacer.planned:
+        pacer.begin_epoch()
+        started = clock[0]
+        for _ in range(100):
+            step = pacer.admit(x)
+            if step is None:
+                break
+            clock[0] += step_seconds(len(sizes)) * (1 if step.shape[-1] == 16 else 4)
+            sizes.append(step.shape[-1])
+            pacer.replan_within_epoch(spent)
+        pacer.end_training()
+        spent += clock[0] - started
+        if pacer.done < pacer.planned:  # as fit: no re-plan after the last epoch
+            pacer.replan_after_epoch(spent, 0.0)
+    return sizes, pacer.planned
+
+
+def test_a_hiccup_early_in_an_epoch_does_not_end_the_half_size_phase(monkeypatch):
+    # Steps 100 and 101, the second epoch's first, take 5 s each (the shared machine was
+    # busy for 10 s); the re-plan 10 steps later used to time those 10 steps alone, shrink
+    # the plan to about 120 steps and end the half-size phase there, for good.
+    sizes, planned = run_paced(monkeypatch, lambda i: 5.0 if i in (100, 101) else 0.1)
+    assert sizes[:111] == [16] * 111
+    assert len(sizes) == planned and planned > 190  # the budget still holds: 10 s lost
+    assert sizes.count(16) >= 0.45 * planned and sizes[-1] == 32
+
+
+def test_a_run_that_really_slowed_down_still_ends_at_full_size(monkeypatch):
+    # From step 20 on every step takes 10x as long: the plan shrinks within the first
+    # epoch below the half-size phase's planned end (116), and the phase gives way, so
+    # the last steps still train at full size.
+    sizes, planned = run_paced(monkeypatch, lambda i: 1.0 if i >= 20 else 0.1)
+    assert len(sizes) == planned < 60
+    assert sizes[:20] == [16] * 20 and sizes[-5:] == [32] * 5
+
+
 def test_a_plan_still_in_its_half_size_phase_moves_the_switch_with_the_plan():
     from cifarlab.train import Pacer
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))

@@ -446,6 +446,9 @@ def _agree_on_stopping(loop: "_Loop", epoch: int, step: int, loss: torch.Tensor)
     return asked
 
 
+MIN_TIMED_STEPS = 32  # steps of a size an epoch must have taken to re-time it mid-epoch
+
+
 class Pacer:
     """How many steps the run takes and how each is shaped: the epochs' worth, or what a
     time budget buys (re-planned from the measured speed during and after every epoch),
@@ -504,17 +507,32 @@ class Pacer:
         now = time.perf_counter()
         so_far = list(self.phase_s)
         so_far[self.epoch_steps[1] > 0] += now - self.mark
-        self._replan(spent_before + (now - self.epoch_started), so_far, self.plan.validation)
-        self._move_half_res()
+        # Not from the epoch's first few steps: one hiccup of a shared machine there would
+        # decide the plan.
+        self._replan(spent_before + (now - self.epoch_started), so_far, self.plan.validation,
+                     min_steps=max(1, min(MIN_TIMED_STEPS, self.steps_per_epoch // 4)))
+        self._move_half_res(within_epoch=True)
         return True
 
-    def _move_half_res(self) -> None:
+    def _move_half_res(self, within_epoch: bool = False) -> None:
         """The half-size phase is the first `progressive` share of the planned steps, moved
         with every re-plan while it lasts; once a full-size step has been taken it never
         comes back, however the plan grows (a lengthened plan would otherwise send training
-        back to 16x16 images after full-size ones)."""
+        back to 16x16 images after full-size ones).
+
+        Ending the phase cannot be undone, so a re-plan within an epoch, which may have
+        timed only the epoch's first few steps, may lengthen the phase but not cut it short
+        (it stops at most halfway between its share and the plan's end, so a plan that
+        really shrank still trains at full size); the whole epoch's speed, measured at its
+        end, can. (A 25-minute run whose re-plan timed 18 steps while the shared machine was
+        briefly busy ended the phase after 13% of the steps instead of 50%.)"""
         target = self.cfg.progressive * self.planned
-        self.half_res = target if self.done < self.half_res else min(self.half_res, target)
+        if self.done >= self.half_res:
+            self.half_res = min(self.half_res, target)
+        elif within_epoch:
+            self.half_res = min(max(target, self.half_res), (target + self.planned) / 2)
+        else:
+            self.half_res = target
 
     def replan_after_epoch(self, spent: float, validation_s: float | None) -> bool:
         """From the finished epoch's real speed, so the budget holds on a machine whose
@@ -527,9 +545,10 @@ class Pacer:
         self._replan(spent, self.phase_s, validation_s)
         return True
 
-    def _replan(self, spent: float, phase_s: list[float], validation: float) -> None:
+    def _replan(self, spent: float, phase_s: list[float], validation: float | None,
+                min_steps: int = 1) -> None:
         self.plan.replan(self.done, budget_left(self.cfg, spent), self.epoch_steps, phase_s,
-                         validation, self.cfg.progressive)
+                         validation, self.cfg.progressive, min_steps)
         if self.group is not None:  # every process takes rank 0's plan
             self.plan.steps = self.group.broadcast(self.plan.steps)
         self.planned = self.plan.steps
@@ -721,11 +740,13 @@ class Plan:
         self.steps = done + max(1, low)
 
     def replan(self, done: int, seconds_left: float, epoch_steps: list[int],
-               phase_s: list[float], validation: float | None, progressive: float) -> None:
+               phase_s: list[float], validation: float | None, progressive: float,
+               min_steps: int = 1) -> None:
         """Correct the per-step costs by what this epoch's half-size and full-size steps
         really took (and the validation pass by its measured time), and plan the steps
-        still to come into `seconds_left`."""
-        half_n, full_n = epoch_steps
+        still to come into `seconds_left`. A size is re-timed only from at least
+        `min_steps` of its steps."""
+        half_n, full_n = (n if n >= min_steps else 0 for n in epoch_steps)
         old_half, old_full = self.half, self.full
         if half_n and phase_s[0] > 0:
             self.half = phase_s[0] / half_n
