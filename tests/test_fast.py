@@ -1,5 +1,6 @@
 """The speed recipe: whitening stem, linear schedule, time budget, progressive resizing, TTA."""
 
+import dataclasses
 import json
 import math
 import time
@@ -214,6 +215,26 @@ def test_tta_averages_flips_and_one_pixel_shifts_with_reflection():
     assert up_left[0, 0, 0, 0] == x[0, 0, 1, 1]  # reflection, not zero padding
 
 
+def test_selective_tta_gives_all_views_to_the_least_confident_images_only(dataset):
+    from cifarlab.loader import Batches, split_dataset
+    from cifarlab.train import predict_logits
+    torch.manual_seed(0)
+    net = models.build(dataclasses.replace(models.preset("fast"), filters=(8, 16, 16))).eval()
+    test = Batches(split_dataset(dataset, 0)[2], 32, torch.device("cpu"))  # 100 images
+    plain, full = predict_logits(net, test, 0), predict_logits(net, test, 2)
+    some = predict_logits(net, test, 2, tta_share=0.3)
+    top2 = plain.softmax(1).topk(2, 1).values
+    unsure = set((top2[:, 0] - top2[:, 1]).argsort()[:30].tolist())
+    for i in range(100):
+        assert torch.allclose(some[i], full[i] if i in unsure else plain[i], rtol=1e-4,
+                              atol=1e-9), i
+    # the views do change the logits (an untrained network's are small: compare relatively)
+    assert (full - plain).abs().max() > 0.05 * plain.abs().max()
+    assert torch.equal(predict_logits(net, test, 2, tta_share=1.0), full)
+    with pytest.raises(CifarlabError, match=r"tta_share must be in \(0, 1\], got 0"):
+        RunConfig(tta_share=0).validate()
+
+
 def test_tta_is_used_for_the_test_set_and_recorded(dataset, tmp_path):
     cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 2}))
     assert cfg.tta == 2
@@ -221,9 +242,9 @@ def test_tta_is_used_for_the_test_set_and_recorded(dataset, tmp_path):
     from cifarlab.evaluate import evaluate
     from cifarlab.loader import Batches, split_dataset
     test = Batches(split_dataset(dataset, 0)[2], 500, torch.device("cpu"), cfg.normalize)
-    with_tta = evaluate(result.net, test, dataset.classes, tta=2)
+    with_tta = evaluate(result.net, test, dataset.classes, tta=2, tta_share=0.3)
     plain = evaluate(result.net, test, dataset.classes, tta=0)
-    assert result.metrics["tta"] == 2
+    assert result.metrics["tta"] == 2 and result.metrics["tta_share"] == 0.3
     assert result.metrics["test_loss"] == pytest.approx(with_tta.loss)
     assert with_tta.loss != pytest.approx(plain.loss)
 
@@ -238,6 +259,7 @@ def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
     assert (wide.filters, wide.batch_size, wide.optimizer, wide.epochs, wide.budget) == (
         (64, 256, 256), 2000, "muon", 8, None)
     assert wide.progressive == 0 and not wide.compile and wide.tta == 2
+    assert wide.tta_share == 1.0 and RunConfig(**with_recipe({"recipe": "fast"})).tta_share == 0.3
     # airbench94_muon's rates on cifarlab's mean loss and 1/9 head: decay 0.004 per step
     assert (wide.muon_lr, wide.bias_lr, wide.warmup, wide.whiten_bias) == (0.24, 106, 0, 0.375)
     assert wide.lr * wide.weight_decay == pytest.approx(0.004, rel=0.01)

@@ -58,7 +58,8 @@ def test_run_folder_holds_every_file_with_consistent_contents(dataset, tmp_path)
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
-                             "epoch_time_s"]
+                             "image_size", "epoch_time_s"]
+    assert {r["image_size"] for r in rows} == {"32"}  # no progressive phase
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["epochs_run"] == 4

@@ -32,6 +32,8 @@ HELP = {
                      "evaluation: auto (while a short run's running averages have not caught "
                      "up), always or never",
     "tta": "test-time augmentation at evaluation: 0 none, 1 flips, 2 flips and 1-pixel shifts",
+    "tta_share": "share of the test images given all of --tta's views: the least confident "
+                 "by their plain prediction (the rest keep it; 1: every image)",
     "model": "network preset: simple, deep, batchnorm or fast (see `cifarlab models`)",
     "blocks": "number of conv blocks (each ends in a 2x2 max-pool); extra blocks double filters",
     "filters": "filters per block, e.g. 32,64,128",

@@ -56,9 +56,10 @@ def most_confused(confusion: np.ndarray, classes, k: int = 3) -> list[tuple[str,
 
 
 def evaluate(net: nn.Module, batches: Batches, classes, tta: int = 0,
-             dtype: torch.dtype | None = None) -> Evaluation:
-    """Score `net` on `batches` (computing in `dtype`, bf16, or float32 for None)."""
-    logits = predict_logits(net, batches, tta, dtype)
+             dtype: torch.dtype | None = None, tta_share: float = 1.0) -> Evaluation:
+    """Score `net` on `batches` (computing in `dtype`, bf16, or float32 for None), with
+    `tta` views for all images or the `tta_share` least confident."""
+    logits = predict_logits(net, batches, tta, dtype, tta_share=tta_share)
     loss, acc = loss_and_accuracy(logits, batches.y)
     probs = torch.softmax(logits, 1)
     return Evaluation(accuracy=acc, loss=loss, labels=batches.y.cpu().numpy(),

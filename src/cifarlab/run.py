@@ -174,7 +174,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             raise instead from None
         if not main:  # rank 0 alone evaluates and writes the results
             return RunResult(out, cfg, net, result, None, {})
-        ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta, dtype=dtype)
+        ev = evaluate(net, test_b, dataset.classes, tta=cfg.tta, dtype=dtype,
+                      tta_share=cfg.tta_share)
         metrics = summarize(cfg, result, ev, device, group)
         metrics["batch_norm"] = batch_norm_record(net, train_b, cfg, result)
         write_outputs(out, net, result.history, ev, metrics)
@@ -319,6 +320,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "planned_epochs": result.planned_epochs,
         "planned_steps": result.planned_steps,
         "tta": cfg.tta,
+        "tta_share": cfg.tta_share,
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "compile_s": result.compile_s,
@@ -428,7 +430,7 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
                             f"run's ({', '.join(info['config']['classes'])}); pass the --data "
                             "the run was trained on")
     test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
-    ev = evaluate(net, test_b, dataset.classes, tta=settings.tta,
+    ev = evaluate(net, test_b, dataset.classes, tta=settings.tta, tta_share=settings.tta_share,
                   dtype=evaluation_precision(device, settings.precision))
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")

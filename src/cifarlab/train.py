@@ -192,17 +192,34 @@ def linear_factor(cfg: RunConfig, group: dict, step: int, total: int) -> float:
 
 @torch.inference_mode()
 def predict_logits(net: nn.Module, batches: Batches, tta: int = 0,
-                   dtype: torch.dtype | None = None, half: bool = False) -> torch.Tensor:
+                   dtype: torch.dtype | None = None, half: bool = False,
+                   tta_share: float = 1.0) -> torch.Tensor:
     """Float32 logits for every image of `batches`, in order, in eval mode; with `tta`
-    averaged over test-time augmented views (see tta_logits); with `half` of the images
-    at half size, as the progressive phase trains on them."""
+    averaged over test-time augmented views (see tta_logits), for all images or only the
+    `tta_share` least confident (see selective_tta); with `half` of the images at half
+    size, as the progressive phase trains on them."""
     was_training = net.training
     net.eval()
     device = batches.y.device
     with autocast(device, dtype):
-        out = torch.cat([tta_logits(net, downsample(x) if half else x, tta).float()
-                         for x, _ in batches])
+        if tta and tta_share < 1:
+            out = selective_tta(net, batches, tta, tta_share)
+        else:
+            out = torch.cat([tta_logits(net, downsample(x) if half else x, tta).float()
+                             for x, _ in batches])
     net.train(was_training)
+    return out
+
+
+def selective_tta(net: nn.Module, batches: Batches, level: int, share: float) -> torch.Tensor:
+    """Plain logits for every image, then all of the views of `level` for the `share` of
+    images whose plain prediction is least confident (the smallest gap between the two
+    most probable classes): those are the only ones the views can change."""
+    out = torch.cat([net(x).float() for x, _ in batches])
+    top2 = out.softmax(1).topk(2, 1).values
+    unsure = (top2[:, 0] - top2[:, 1]).argsort()[:math.ceil(share * len(out))]
+    out[unsure] = torch.cat([tta_logits(net, x, level).float()
+                             for x, _ in batches.subset(unsure)])
     return out
 
 
