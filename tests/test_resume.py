@@ -207,8 +207,11 @@ def test_a_signal_saves_prints_the_resume_command_and_exits(sig, code, data_dir,
 
 
 SLOW_STEPS = """
-import os, sys, time
+import os, signal, sys, time
 from cifarlab import cli, loader
+# Ctrl-C as a terminal gives it, even when the tests run as a shell's background job
+# (which starts them with SIGINT ignored, so a second Ctrl-C would be ignored too).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 original = loader.Batches.shuffled
 def slow(self, *a, **k):
     for batch in original(self, *a, **k):
