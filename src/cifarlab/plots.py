@@ -27,13 +27,10 @@ def curves_figure(history: list[dict], best_epoch: int | None = None,
     epochs of a progressive run's half-size phase shaded (trained and validated on 16x16
     images, so not comparable with the full-size epochs after them)."""
     epochs = [r["epoch"] for r in history]
-    half = [r["epoch"] for r in history if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
-        if half:
-            ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
-                       label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
+        shade_half_size(ax, history)
         ax.plot(epochs, [r[key] for r in history], "o-", ms=3, label=f"train {label}")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", ms=3,
                 label=f"validation {label}")
@@ -48,6 +45,15 @@ def curves_figure(history: list[dict], best_epoch: int | None = None,
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def shade_half_size(ax, rows) -> None:
+    """Shade the epochs of `rows` (history rows) that a progressive run trained and
+    validated on half-size images, if there are any."""
+    half = [r["epoch"] for r in rows if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
+    if half:
+        ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
+                   label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
 
 
 def confusion_matrix(confusion: np.ndarray, classes, path: Path, title: str = "") -> None:

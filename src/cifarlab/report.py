@@ -43,7 +43,7 @@ class Run:
         """The report's metrics, computed from the history by one definition for every run."""
         h = self.history
         # As in training, only full-size epochs compete (a progressive run validates its
-        # half-size epochs on half-size images); the last epoch always is one.
+        # half-size epochs on half-size images); all of them only in a run of a step or two.
         full = [r for r in h if r.get("image_size", IMAGE_SIZE) == IMAGE_SIZE] or h
         best = max(full, key=lambda r: r["val_accuracy"])
         kept = h[min(len(h), int(self.metrics.get("weights_epoch") or len(h))) - 1]
@@ -493,13 +493,10 @@ def figure_curves(results: Results) -> bytes:
             ax.plot(epochs, mean, color=color, label=g.name, lw=1.6)
             ax.fill_between(epochs, low, high, color=color, alpha=0.15)
     from matplotlib.ticker import MaxNLocator
-    half = [r["epoch"] for g in results.groups for r in
-            (row for run in g.runs for row in run.history)
-            if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
+    from .plots import shade_half_size
+    rows = [row for g in results.groups for run in g.runs for row in run.history]
     for ax, label in zip(axes, ("validation accuracy", "validation loss")):
-        if half:  # a progressive run's half-size phase, validated on 16x16 images
-            ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
-                       label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
+        shade_half_size(ax, rows)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)

@@ -377,7 +377,8 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
         result.history.append(row)
         result.train_time_s += row["epoch_time_s"]
         # Only full-size epochs compete for the best epoch (and count towards patience): the
-        # network is finally tested on full-size images. The last epoch always is one.
+        # network is finally tested on full-size images (the last epoch is one unless the
+        # whole run is a step or two).
         stop = False if half else tracker.update(epoch, row, net)
         if group is not None:  # rank 0 decides, so the processes cannot disagree
             stop = group.broadcast(stop)
