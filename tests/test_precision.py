@@ -99,3 +99,23 @@ def test_a_bf16_run_is_evaluated_in_float32_on_a_cpu_without_bf16(data_dir, tmp_
                             original(self, x)))
     ev = evaluate_run(out, data=str(data_dir), verbose=False)
     assert seen == {torch.float32} and 0 <= ev.accuracy <= 1
+
+
+def test_a_budget_stated_for_the_reference_machine_scales_by_this_machines_speed():
+    """Issue 14's goals are budgets on the reference machine (~410 images/s of plain
+    `simple` training): a machine, or an hour, at half that speed gets twice the time."""
+    ref = machine.REFERENCE_IMAGES_PER_S
+    assert machine.reference_budget(90, ref) == pytest.approx(90)
+    assert machine.reference_budget(90, ref / 2) == pytest.approx(180)
+    assert machine.reference_budget(360, ref * 2) == pytest.approx(180)
+    assert machine.reference_seconds(180, ref / 2) == pytest.approx(90)
+    with pytest.raises(ValueError, match="positive"):
+        machine.reference_budget(90, 0.0)
+
+
+def test_the_training_speed_counts_the_images_of_every_timed_step(monkeypatch):
+    """On a clock that moves 1 s per reading, a 2.5 s measurement times 5 steps of 32
+    images (at least 3, then 2 more until 2.5 s have passed) in 4 s: 40 images/s."""
+    ticks = iter(range(1000))
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: float(next(ticks)))
+    assert machine.training_speed(seconds=2.5, batch=32) == pytest.approx(5 * 32 / 4)

@@ -1,4 +1,5 @@
-"""What the machine computes with: the CPU's model and vector capability, native bf16.
+"""What the machine computes with: the CPU's model and vector capability, native bf16, and
+how fast it trains.
 
 Speeds differ between CPUs of one family by more than any change to the code (an AVX-512
 machine with native bf16 trains about twice as fast as an AVX2 one), so every run and every
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import time
 
 import torch
 
@@ -52,3 +54,53 @@ def describe() -> str:
     info = cpu()
     bf16 = "native bf16: " + ", ".join(info["flags"]) if info["bf16"] else "no native bf16"
     return f"{info['model']} ({info['capability']}, {bf16})"
+
+
+# The speed goals (issue 14) are stated for a 2-core AVX2 AMD EPYC, on which the study's
+# `simple` network trains at about this many images/s in plain PyTorch (batch 32,
+# channels-last, Adam, float32; 384-431 over three sittings).
+REFERENCE_IMAGES_PER_S = 410.0
+
+
+def training_speed(seconds: float = 4.0, batch: int = 32) -> float:
+    """Images/s of plain-PyTorch float32 training of the study's `simple` network (Adam,
+    channels-last, random pixels) with the threads torch has now: the yardstick that turns a
+    time budget stated for the reference machine into one for this machine."""
+    from torch import nn
+    from . import models
+    gen = torch.Generator().manual_seed(0)
+    net = models.build(models.preset("simple")).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), 1e-3, foreach=True)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.rand(8 * batch, 3, 32, 32, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8 * batch,), generator=gen)
+
+    def step(i: int) -> None:
+        part = slice((i % 8) * batch, (i % 8 + 1) * batch)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x[part]), y[part]).backward()
+        opt.step()
+
+    for i in range(5):  # warm-up: first calls pick kernels and allocate
+        step(i)
+    steps, start = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - start < seconds:
+        step(steps)
+        steps += 1
+    return steps * batch / (time.perf_counter() - start)
+
+
+def reference_budget(seconds: float, images_per_s: float) -> float:
+    """This machine's equivalent of a budget of `seconds` on the reference machine, given
+    its measured `training_speed`: shorter here when this machine is faster, longer when
+    slower (a shared machine drifts by ~30% from hour to hour)."""
+    if not images_per_s > 0:
+        raise ValueError(f"training speed must be positive, got {images_per_s}")
+    return seconds * REFERENCE_IMAGES_PER_S / images_per_s
+
+
+def reference_seconds(seconds: float, images_per_s: float) -> float:
+    """What `seconds` of training here, at a measured `training_speed`, are worth on the
+    reference machine (the inverse of `reference_budget`)."""
+    return seconds * images_per_s / REFERENCE_IMAGES_PER_S
