@@ -144,3 +144,30 @@ def test_an_epoch_count_interval_ends_at_the_runs_epoch_cap(tmp_path):
     s = Group("v", runs).summary("epochs_run")
     assert s.mean == pytest.approx(25 / 3) and s.ci_high == 10.0 and s.ci_low >= 1.0
     assert "*" in s.text(1)
+
+
+def test_study_curves_mark_each_variants_own_half_size_epochs_and_shade_nothing():
+    # Variant "early" validated epochs 1-2 on 16x16 images (one seed only epoch 1), "late"
+    # none: its line stays solid throughout, and no span covers the figure for both.
+    import math
+    from pathlib import Path
+
+    from cifarlab.report import Group, Results, Run, curves_figure
+
+    def run(seed, sizes):
+        return Run(Path("r"), seed, {"settings": {"epochs": 4}}, {"test_accuracy": 0.5},
+                   [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0 / e,
+                     "val_accuracy": 0.2 * e, "image_size": size}
+                    for e, size in enumerate(sizes, 1)])
+    results = Results("t", [Group("early", [run(0, (16, 16, 32, 32)), run(1, (16, 32, 32, 32))]),
+                            Group("late", [run(0, (32, 32, 32, 32))])], "early", {})
+    axes = curves_figure(results).axes
+    for ax in axes:
+        assert not ax.patches
+        early_dotted, early, late = ax.get_lines()[:3]
+        assert early_dotted.get_linestyle() == ":"
+        assert list(early_dotted.get_xdata()) == [1, 2, 3, 4]
+        assert [math.isnan(y) for y in early.get_ydata()] == [True, True, False, False]
+        assert late.get_linestyle() == "-" and not any(math.isnan(y) for y in late.get_ydata())
+    legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
+    assert legend == ["early", "late", "dotted: validated on 16x16 images"]

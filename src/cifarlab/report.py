@@ -473,38 +473,52 @@ def _figure(*subplots, **options):
 
 
 def figure_curves(results: Results) -> bytes:
-    """Mean validation accuracy and loss per epoch for every variant, with a band over seeds."""
+    return _png(curves_figure(results))
+
+
+def curves_figure(results: Results):
+    """Mean validation accuracy and loss per epoch for every variant, with a band over seeds.
+    Epochs in which any of a variant's runs validated on half-size images (a progressive
+    run's first phase) are drawn dotted in that variant's own line: variants differ in where
+    that phase ends, so one shaded span for the whole figure would misplace it."""
     from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
     fig, axes = _figure(1, 2, figsize=(12, 4.6))
+    any_half = False
     for i, g in enumerate(results.groups):
         color = colormaps["tab20"](i % 20)
         if g.same_as:  # its twin's curve is already drawn
             continue
+        longest = max((len(r.history) for r in g.runs), default=0)
+        if not longest:
+            continue
+        epochs = np.arange(1, longest + 1)
+        rows = [[r.history[e - 1] for r in g.runs if len(r.history) >= e] for e in epochs]
+        half = np.array([any(row.get("image_size", IMAGE_SIZE) < IMAGE_SIZE for row in at)
+                         for at in rows])
+        any_half |= bool(half.any())
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
-            longest = max((len(r.history) for r in g.runs), default=0)
-            if not longest:
-                continue
-            epochs = np.arange(1, longest + 1)
-            series = [[r.history[e - 1][key] for r in g.runs if len(r.history) >= e]
-                      for e in epochs]
-            mean = np.array([np.mean(s) for s in series])
-            low = np.array([np.min(s) for s in series])
-            high = np.array([np.max(s) for s in series])
-            ax.plot(epochs, mean, color=color, label=g.name, lw=1.6)
-            ax.fill_between(epochs, low, high, color=color, alpha=0.15)
-    from matplotlib.ticker import MaxNLocator
-    from .plots import shade_half_size
-    rows = [row for g in results.groups for run in g.runs for row in run.history]
+            values = [[row[key] for row in at] for at in rows]
+            mean = np.array([np.mean(v) for v in values])
+            if half.any():
+                ax.plot(epochs, mean, color=color, lw=1.6, ls=":")
+            ax.plot(epochs, np.where(half, np.nan, mean), color=color, label=g.name, lw=1.6)
+            ax.fill_between(epochs, [np.min(v) for v in values], [np.max(v) for v in values],
+                            color=color, alpha=0.15)
     for ax, label in zip(axes, ("validation accuracy", "validation loss")):
-        shade_half_size(ax, rows)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if any_half:
+        size = IMAGE_SIZE // 2
+        axes[1].add_line(Line2D([], [], color="grey", ls=":", lw=1.6,
+                                label=f"dotted: validated on {size}x{size} images"))
     axes[0].set_title("mean over seeds (band: min to max)")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def sweeps(results: Results) -> dict[str, list[Group]]:
