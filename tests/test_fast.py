@@ -98,7 +98,13 @@ def test_a_plan_counts_half_size_steps_and_one_validation_pass_per_epoch_begun()
     assert p.steps == 1  # at least one step; plan_steps refuses a budget it cannot fit
 
 
-def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(dataset, tmp_path):
+def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(dataset, tmp_path,
+                                                                          monkeypatch):
+    # Re-plans at epoch ends only: one within the last epoch (every 50 steps) may change the
+    # plan after that epoch's rate was set, as a busy machine made it do in CI. Mid-epoch
+    # re-plans have their own tests (the fake-clock ones that use run_paced).
+    from cifarlab.train import Pacer
+    monkeypatch.setattr(Pacer, "replan_within_epoch", lambda self, spent_before: False)
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "12s", "tta": 0}))
     result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
     m = result.metrics
