@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cifarlab import RunConfig, load_cifar10, machine, train_run
 from cifarlab.config import parse_budget, with_recipe
+from cifarlab.errors import CifarlabError
 
 GOALS = {90.0: 0.80, 360.0: 0.88, 1500.0: 0.92}  # reference seconds -> mean test accuracy
 DRIFT = 0.15  # speed change during a run worth flagging
@@ -50,7 +51,10 @@ def main():
                     help="a setting over the recipe's, e.g. --set warmup=0 (repeatable)")
     ap.add_argument("--results", default="benchmarks/budget_goals.jsonl")
     args = ap.parse_args()
-    budgets = [(b, parse_budget(b)) for b in args.budgets.split(",")]
+    try:  # a typo fails now, in one sentence, not after the first long run
+        budgets = [(b, parse_budget(b)) for b in args.budgets.split(",")]
+    except CifarlabError as e:
+        raise SystemExit(f"--budgets: {e}") from None
     seeds = [int(s) for s in args.seeds.split(",")]
     filters = tuple(int(n) for n in args.filters.split("-")) if args.filters else None
     changes = dict(check_change(c) for c in args.set)

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data import IMAGE_SIZE
+from .rundir import half_size
 
 # Figures are drawn with matplotlib's object API (`Figure`, not pyplot): they go straight to
 # files, pyplot's global state and the user's chosen backend (a notebook's inline plots) are
@@ -50,7 +51,7 @@ def curves_figure(history: list[dict], best_epoch: int | None = None,
 def shade_half_size(ax, rows) -> None:
     """Shade the epochs of `rows` (history rows) that a progressive run trained and
     validated on half-size images, if there are any."""
-    half = [r["epoch"] for r in rows if r.get("image_size", IMAGE_SIZE) < IMAGE_SIZE]
+    half = [r["epoch"] for r in rows if half_size(r)]
     if half:
         ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
                    label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")

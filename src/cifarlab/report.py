@@ -44,7 +44,7 @@ class Run:
         h = self.history
         # As in training, only full-size epochs compete (a progressive run validates its
         # half-size epochs on half-size images); all of them only in a run of a step or two.
-        full = [r for r in h if r.get("image_size", IMAGE_SIZE) == IMAGE_SIZE] or h
+        full = [r for r in h if not rundir.half_size(r)] or h
         best = max(full, key=lambda r: r["val_accuracy"])
         kept = h[min(len(h), int(self.metrics.get("weights_epoch") or len(h))) - 1]
         return {"test_accuracy": self.metrics["test_accuracy"],
@@ -495,8 +495,7 @@ def curves_figure(results: Results):
             continue
         epochs = np.arange(1, longest + 1)
         rows = [[r.history[e - 1] for r in g.runs if len(r.history) >= e] for e in epochs]
-        half = np.array([any(row.get("image_size", IMAGE_SIZE) < IMAGE_SIZE for row in at)
-                         for at in rows])
+        half = np.array([any(rundir.half_size(row) for row in at) for at in rows])
         any_half |= bool(half.any())
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
             values = [[row[key] for row in at] for at in rows]

@@ -183,6 +183,12 @@ def history_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def half_size(row: dict) -> bool:
+    """Whether a history row's epoch trained and validated on half-size images (a
+    progressive run's first phase); rows from before the column are full size."""
+    return row.get("image_size", IMAGE_SIZE) < IMAGE_SIZE
+
+
 def read_history(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
