@@ -279,7 +279,12 @@ def test_divergence_after_good_epochs_keeps_their_checkpoint(dataset, tmp_path, 
     {},
     # the GPU recipe's per-group rates: a stem group on its own shorter schedule
     dict(model="fast", filters=(8, 16, 16), dense=(), schedule="linear", bias_lr=2.0,
-         warmup=0.0, whiten_bias=0.5)], ids=["muon", "per-group-rates"])
+         warmup=0.0, whiten_bias=0.5),
+    # lookahead's slow copy is state of its own
+    # (without early stopping, which could restore the weights of the epoch of the crash)
+    dict(model="fast", filters=(8, 16, 16), dense=(), schedule="linear", lookahead=True,
+         early_stopping=None)],
+    ids=["muon", "per-group-rates", "lookahead"])
 def test_a_muon_run_resumes_bit_for_bit(dataset, tmp_path, changes):
     # Muon keeps its own momentum per filter bank; a resume must restore it exactly.
     cfg = config(optimizer="muon", epochs=3, **changes)

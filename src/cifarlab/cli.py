@@ -71,6 +71,9 @@ HELP = {
     "whiten_bias": "fast networks (sgd or muon, linear schedule): share of the steps in which "
                    "the whitening stem's bias trains, its rate falling to 0 by then; e.g. "
                    "0.375 as airbench",
+    "lookahead": "keep slow weights that move towards the trained ones every 5 steps (over "
+                 "a window that widens as the run goes on), pull the network back to them "
+                 "each time, and end on them, as the airbench records do",
     "early_stopping": "METRIC:PATIENCE, e.g. val_accuracy:10 or val_loss:5",
     "min_delta": "smallest change of the monitored metric that counts as an improvement",
     "start_from_epoch": "epochs of warm-up before early stopping starts watching",

@@ -143,6 +143,8 @@ class RunConfig:
     # fast networks with sgd or muon and the linear schedule: the share of the steps in
     # which the whitening stem's bias trains (its schedule squeezed into them), then frozen
     whiten_bias: float = 1.0
+    # slow weights the network is pulled back to every 5 steps and ends on (lookahead.py)
+    lookahead: bool = False
     budget: str | None = None  # e.g. "5m": train as many steps as fit (replaces epochs)
     progressive: float = 0.0  # fraction of the steps trained on half-resolution images
     tta: int = 0  # test-time augmentation: 0 none, 1 flips, 2 flips and 1-pixel shifts

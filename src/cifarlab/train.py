@@ -30,6 +30,7 @@ from .data import IMAGE_SIZE
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
 from .loader import Batches
+from .lookahead import Lookahead
 from .muon import Muon
 
 
@@ -359,6 +360,8 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
         epoch += 1
         loss, accuracy, lr = _train_epoch(loop, epoch)
         val_start = pacer.end_training()
+        if loop.lookahead is not None and pacer.done >= pacer.planned:
+            loop.lookahead.finish(net)  # the run's steps are all taken
         # An epoch of the progressive phase is validated on half-size images, as it trained:
         # at full size its batch-norm statistics (gathered on 16x16 images) are stale and
         # the network scores far below what it has learnt (0.34 against 0.54 in training).
@@ -592,6 +595,7 @@ class _Loop:
     group: object
     stop_requested: Callable[[], int] | None
     dtype: torch.dtype | None  # bf16 autocast, or None for float32 (see `precision`)
+    lookahead: Lookahead | None = None
     first: int = 1  # the first epoch to train
     stopped: bool = False  # a resumed run that had already stopped early
 
@@ -635,7 +639,8 @@ class _Loop:
                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
                    parse_augment(cfg.augment), pacer, Progress(pacer.epochs, steps, verbose),
                    result, steps, group.world_size if group is not None else 1, group,
-                   stop_requested, precision(device, cfg.precision))
+                   stop_requested, precision(device, cfg.precision),
+                   Lookahead(net) if cfg.lookahead else None)
         if resume is not None:
             loop.restore(resume)
         if verbose and cfg.compile:
@@ -658,6 +663,8 @@ class _Loop:
         self.opt.step()
         if self.schedule is not None:
             self.schedule.step()
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.net, self.pacer.done, self.pacer.planned)
         return logits, loss_total
 
     def follow_plan(self, restart_schedule: bool = False) -> None:
@@ -678,6 +685,7 @@ class _Loop:
                 "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
                 "tracker": self.result.tracker.state_dict(), "rng": rng_state(),
+                "lookahead": self.lookahead.state_dict() if self.lookahead else None,
                 "history": self.result.history, "train_time_s": self.result.train_time_s,
                 "bn_reestimated": self.result.bn_reestimated}
 
@@ -687,6 +695,8 @@ class _Loop:
         if self.schedule is not None:
             self.schedule.load_state_dict(resume["schedule"])
         self.result.tracker.load_state_dict(resume["tracker"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(resume["lookahead"])
         set_rng_state(resume["rng"])
         self.result.history = [dict(row) for row in resume["history"]]
         self.result.train_time_s = resume["train_time_s"]
