@@ -38,12 +38,12 @@ def test_every_fifth_step_the_slow_copy_moves_by_its_share_and_the_network_retur
         for step in range(1, 5):  # four steps forward: nothing is pulled
             net[0].weight.add_(1.0)
             net[1].running_mean.add_(2.0)
-            look.after_step(net, step, 10)
+            look.after_step(step, 10)
     assert torch.allclose(net[0].weight, start[0] + 4)
     with torch.no_grad():
         net[0].weight.add_(1.0)
         net[1].running_mean.add_(2.0)
-    look.after_step(net, 5, 10)  # the fifth: slow += (1 - decay) (fast - slow); fast = slow
+    look.after_step(5, 10)  # the fifth: slow += (1 - decay) (fast - slow); fast = slow
     own = 0.95 ** 5 * 0.5 ** 3
     assert torch.allclose(net[0].weight, start[0] + (1 - own) * 5)
     assert torch.allclose(net[1].running_mean, start[3] + (1 - own) * 10)  # buffers too
@@ -52,7 +52,7 @@ def test_every_fifth_step_the_slow_copy_moves_by_its_share_and_the_network_retur
     pulled = net[0].weight.clone()
     with torch.no_grad():
         net[0].weight.add_(3.0)
-    look.finish(net)  # the end: the network takes the slow weights, whatever it had
+    look.finish()  # the end: the network takes the slow weights, whatever it had
     assert torch.equal(net[0].weight, pulled)
 
 
@@ -62,7 +62,7 @@ def test_the_slow_copy_is_saved_and_restored():
     saved = look.state_dict()
     with torch.no_grad():
         net[0].weight.add_(1.0)
-    look.after_step(net, 10, 10)
+    look.after_step(10, 10)
     assert not torch.equal(look.slow[0], saved[0])
     look.load_state_dict(saved)
     assert torch.equal(look.slow[0], saved[0])
@@ -84,13 +84,13 @@ def test_a_run_with_lookahead_pulls_every_fifth_step_and_ends_on_the_slow_weight
             super().__init__(net)
             seen["look"] = self
 
-        def _pull(self, net, own):
+        def _pull(self, own):
             seen["pulls"].append(own)
-            super()._pull(net, own)
+            super()._pull(own)
 
-        def finish(self, net):
+        def finish(self):
             seen["finished"] += 1
-            super().finish(net)
+            super().finish()
 
     from cifarlab import train
     monkeypatch.setattr(train, "Lookahead", Spy)

@@ -31,24 +31,28 @@ def decay(done: int, planned: int) -> float:
 
 
 class Lookahead:
-    """The slow copy of `net`'s floating state; `after_step` pulls, `finish` ends on it."""
+    """The slow copy of `net`'s floating state; `after_step` pulls, `finish` ends on it.
+
+    The network's tensors are looked up once: training, loading a checkpoint and
+    re-estimating batch-norm statistics all change them in place."""
 
     def __init__(self, net: nn.Module):
-        self.slow = [t.detach().clone() for t in _floating(net)]
+        self.fast = _floating(net)
+        self.slow = [t.detach().clone() for t in self.fast]
 
     @torch.no_grad()
-    def after_step(self, net: nn.Module, done: int, planned: int) -> None:
+    def after_step(self, done: int, planned: int) -> None:
         """Called after every training step with the steps taken so far."""
         if done % EVERY == 0:
-            self._pull(net, decay(done, planned))
+            self._pull(decay(done, planned))
 
     @torch.no_grad()
-    def finish(self, net: nn.Module) -> None:
+    def finish(self) -> None:
         """Training is over: the network takes the slow weights."""
-        self._pull(net, 1.0)
+        self._pull(1.0)
 
-    def _pull(self, net: nn.Module, own: float) -> None:
-        for slow, fast in zip(self.slow, _floating(net)):
+    def _pull(self, own: float) -> None:
+        for slow, fast in zip(self.slow, self.fast):
             slow.lerp_(fast, 1.0 - own)
             fast.copy_(slow)
 

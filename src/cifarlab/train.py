@@ -361,7 +361,7 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
         loss, accuracy, lr = _train_epoch(loop, epoch)
         val_start = pacer.end_training()
         if loop.lookahead is not None and pacer.done >= pacer.planned:
-            loop.lookahead.finish(net)  # the run's steps are all taken
+            loop.lookahead.finish()  # the run's steps are all taken
         # An epoch of the progressive phase is validated on half-size images, as it trained:
         # at full size its batch-norm statistics (gathered on 16x16 images) are stale and
         # the network scores far below what it has learnt (0.34 against 0.54 in training).
@@ -664,7 +664,7 @@ class _Loop:
         if self.schedule is not None:
             self.schedule.step()
         if self.lookahead is not None:
-            self.lookahead.after_step(self.net, self.pacer.done, self.pacer.planned)
+            self.lookahead.after_step(self.pacer.done, self.pacer.planned)
         return logits, loss_total
 
     def follow_plan(self, restart_schedule: bool = False) -> None:
