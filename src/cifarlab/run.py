@@ -118,10 +118,13 @@ def train_run(cfg: RunConfig | None, out: str | Path | None = None,
     cfg = cfg.validate().with_absolute_data()
     group = distributed.setup(cfg.device, sync_bn) if distributed.launched() else None
     try:
-        return _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track,
-                      mlflow_uri, group)
-    finally:
+        result = _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track,
+                        mlflow_uri, group)
+    except BaseException:
         distributed.teardown(group)
+        raise
+    distributed.teardown(group, finished=True)
+    return result
 
 
 def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, mlflow_uri,
