@@ -34,13 +34,25 @@ def cpu_with(bf16: bool, monkeypatch):
     monkeypatch.setattr(machine, "cpu", lambda: info)
 
 
-@pytest.mark.parametrize("native,setting,expected", [
-    (False, "auto", None), (True, "auto", None),  # opt-in on CPUs: see train.precision
-    (True, "bf16", torch.bfloat16), (True, "float32", None), (False, "float32", None)])
-def test_a_cpu_computes_in_bf16_only_when_asked_and_native(monkeypatch, native, setting,
-                                                           expected):
+@pytest.mark.parametrize("native,setting,model,expected", [
+    (False, "auto", "fast", None), (False, "auto", "simple", None),  # never emulated
+    (True, "auto", "fast", torch.bfloat16),  # measured to hold its accuracy in bf16
+    (True, "auto", "simple", None), (True, "auto", "deep", None),  # the study's: asked for
+    (True, "bf16", "simple", torch.bfloat16), (True, "bf16", "fast", torch.bfloat16),
+    (True, "float32", "fast", None), (False, "float32", "fast", None)])
+def test_a_cpu_computes_in_bf16_only_where_native_and_by_default_only_for_the_fast_network(
+        monkeypatch, native, setting, model, expected):
     cpu_with(native, monkeypatch)
-    assert train.precision(torch.device("cpu"), setting) == expected
+    assert train.precision(torch.device("cpu"), setting, model) == expected
+
+
+def test_the_fast_recipe_trains_in_bf16_on_a_native_cpu_and_float32_on_an_avx2_one(
+        dataset, tmp_path, monkeypatch):
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        cpu_with(native, monkeypatch)
+        train_run(RunConfig(**TINY), tmp_path / expected, data=dataset, verbose=False)
+        m = json.loads((tmp_path / expected / "metrics.json").read_text())
+        assert m["precision"] == expected
 
 
 def test_bf16_on_a_cpu_without_it_is_refused_in_one_sentence_before_any_folder(
@@ -77,7 +89,7 @@ def test_a_bf16_run_trains_and_evaluates_under_cpu_autocast_and_says_so(dataset,
 
 
 def test_a_float32_run_records_its_machine_and_precision(dataset, tmp_path):
-    train_run(RunConfig(**TINY), tmp_path / "r", data=dataset, verbose=False)
+    train_run(RunConfig(**TINY, precision="float32"), tmp_path / "r", data=dataset, verbose=False)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["precision"] == "float32"
     assert m["environment"]["cpu"] == machine.cpu()

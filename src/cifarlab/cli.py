@@ -81,9 +81,9 @@ HELP = {
     "device": "auto, cpu or cuda",
     "compile": "torch.compile the network for training (worth it on a GPU; compiling and "
                "warming up are not counted as training time)",
-    "precision": "auto (bf16 on GPUs with native bf16, else float32), float32, or bf16 (also "
-                 "on CPUs with native bf16: AVX-512 BF16 or AMX; refused where it would be "
-                 "emulated)",
+    "precision": "auto (bf16 on GPUs with native bf16, and for the fast network on CPUs "
+                 "with native bf16: AVX-512 BF16 or AMX; else float32), float32, or bf16 "
+                 "(refused where it would be emulated)",
 }
 
 EXAMPLES = {

@@ -161,8 +161,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False  # torch.compile the training step (a GPU option; see train.py)
-    # "auto": bf16 on GPUs that have it natively, else float32; "bf16" also on CPUs with
-    # native bf16 (AVX-512 BF16, AMX); see train.precision
+    # "auto": bf16 on GPUs that have it natively and for the fast network on CPUs that have
+    # it natively (AVX-512 BF16, AMX), else float32; "bf16" on any device with native bf16;
+    # see train.precision
     precision: str = "auto"
 
     def net_config(self) -> models.NetConfig:

@@ -50,17 +50,26 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def precision(device: torch.device, setting: str = "auto") -> torch.dtype | None:
-    """The dtype a run computes in: bf16 (autocast) or None for float32.
+# Networks that train under bf16 autocast by default ("auto") on CPUs with native bf16:
+# those whose accuracy in bf16 was measured to hold against float32 on such a CPU, with
+# paired seeds (benchmarks/README.md, "seventh sitting": the fast recipe, 1.3-1.4x faster at
+# the same accuracy). The study's networks stay float32 there unless asked: a study compares
+# its variants against the original's float32 numbers.
+CPU_BF16_BY_DEFAULT = ("fast",)
+
+
+def precision(device: torch.device, setting: str = "auto",
+              model: str | None = None) -> torch.dtype | None:
+    """The dtype a run of `model` computes in: bf16 (autocast) or None for float32.
 
     "auto": bf16 on GPUs with native bf16 (compute capability 8.0 and newer: A100, L4,
     H100...; bf16 has float32's range, so no loss scaling); float32 on older GPUs (T4, V100,
-    P100: Colab's and Kaggle's free ones), where bf16 convolutions fall back to a slow path,
-    and on CPUs, even those with native bf16 (AVX-512 BF16, AMX), where it is asked for
-    with "bf16" (its speed and accuracy against float32 on such a CPU are not yet measured
-    by this project: benchmarks/README.md). fp16 with a gradient scaler would be faster on old
-    GPUs; that trade (loss scaling, overflow checks in the step and the checkpoint) is left
-    until it can be measured on such a GPU.
+    P100: Colab's and Kaggle's free ones), where bf16 convolutions fall back to a slow path.
+    On CPUs with native bf16 (AVX-512 BF16, AMX), bf16 for the networks in
+    CPU_BF16_BY_DEFAULT and float32 for the others, which "bf16" asks for; on CPUs without
+    it, float32. fp16 with a gradient scaler would be faster on old GPUs; that trade (loss
+    scaling, overflow checks in the step and the checkpoint) is left until it can be measured
+    on such a GPU.
     "bf16" where the device has no native bf16 is refused: emulated, it is slower than
     float32 (11x on an AVX2 CPU)."""
     if setting == "float32":
@@ -72,7 +81,9 @@ def precision(device: torch.device, setting: str = "auto") -> torch.dtype | None
                                 "lacks (it would be emulated and slower than float32); use "
                                 "--precision float32 or auto")
         return torch.bfloat16
-    return torch.bfloat16 if native and device.type == "cuda" else None
+    if not native:
+        return None
+    return torch.bfloat16 if device.type == "cuda" or model in CPU_BF16_BY_DEFAULT else None
 
 
 def _native_bf16(device: torch.device) -> bool:
@@ -639,7 +650,7 @@ class _Loop:
                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
                    parse_augment(cfg.augment), pacer, Progress(pacer.epochs, steps, verbose),
                    result, steps, group.world_size if group is not None else 1, group,
-                   stop_requested, precision(device, cfg.precision),
+                   stop_requested, precision(device, cfg.precision, cfg.model),
                    Lookahead(net) if cfg.lookahead else None)
         if resume is not None:
             loop.restore(resume)
@@ -716,7 +727,7 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
     compiles nothing. Validation and evaluation stay uncompiled (eval mode would compile
     a second graph for a small share of the time)."""
     check_compile(train.y.device)
-    dtype = precision(train.y.device, cfg.precision)
+    dtype = precision(train.y.device, cfg.precision, cfg.model)
     start = time.perf_counter()
     # Static shapes: each batch shape below gets a graph of its own. Left dynamic, the
     # second shape would make torch.compile trace one general graph (slower code, and
@@ -817,7 +828,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     model = torch.compile(probe, dynamic=False) if cfg.compile else probe  # cached for fit
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = train.y.device
-    dtype = precision(device, cfg.precision)
+    dtype = precision(device, cfg.precision, cfg.model)
     stream = _endless(train, cfg, group)
 
     def seconds_per_step(n: int, half: bool, at_least_s: float = 0.0) -> float:
