@@ -341,6 +341,7 @@ def fit(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     run (a stop request, divergence, early stopping) is taken jointly, so no process is
     left waiting for the others.
     """
+    machine.keep_freed_memory()  # 1.2x on a fresh process's CPU training (machine.py)
     with own_random_state(train.y.device):
         return _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume,
                     stop_requested, group)
