@@ -167,5 +167,7 @@ def verdict(mean: float, seeds: int, used: float, budget: float, goal: float | N
                 "(the machine's speed moved during the runs); re-run")
     return f"goal {goal:.2f} {'met' if mean >= goal else 'not met'}"
 
+
+
 if __name__ == "__main__":
     main()
