@@ -168,6 +168,5 @@ def verdict(mean: float, seeds: int, used: float, budget: float, goal: float | N
     return f"goal {goal:.2f} {'met' if mean >= goal else 'not met'}"
 
 
-
 if __name__ == "__main__":
     main()
