@@ -14,11 +14,12 @@ from cifarlab.train import make_optimizer, make_schedule
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16), (8, 4, 3, 3)])
-def test_orthogonalise_brings_every_singular_value_near_one(shape):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalise_brings_every_singular_value_near_one(shape, dtype):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     g[0] *= 100  # one direction dominating, as in a raw gradient
-    out = orthogonalise(g)
-    assert out.shape == g.shape
+    out = orthogonalise(g, dtype=dtype)
+    assert out.shape == g.shape and out.dtype == torch.float32
     values = torch.linalg.svdvals(out.reshape(len(out), -1))
     assert values.min() > 0.6 and values.max() < 1.25
     raw = torch.linalg.svdvals(g.reshape(len(g), -1))
@@ -71,6 +72,28 @@ def test_the_fast_network_trains_its_filters_by_muon_and_the_rest_by_sgd():
         opt.step()
         schedule.step()
     assert rest["lr"] / filters["lr"] == pytest.approx(cfg.lr / 0.07)
+
+
+@pytest.mark.parametrize("native,precision,expected", [
+    (True, "auto", torch.bfloat16), (True, "float32", torch.float32),
+    (False, "auto", torch.float32)])
+def test_muon_orthogonalises_in_the_precision_the_run_computes_in(monkeypatch, native,
+                                                                  precision, expected):
+    from cifarlab import machine, muon
+    info = {**machine.cpu(), "bf16": native}
+    monkeypatch.setattr(machine, "cpu", lambda: info)
+    seen = []
+    real = muon.orthogonalise
+    monkeypatch.setattr(muon, "orthogonalise",
+                        lambda g, dtype: seen.append(dtype) or real(g, dtype=dtype))
+    cfg = RunConfig(**with_recipe({"recipe": "fast", "filters": (8, 8, 8),
+                                   "precision": precision}))
+    net = models.build(cfg.net_config())
+    opt = make_optimizer(net, cfg)
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    assert seen and set(seen) == {expected}
+    assert "ns_dtype" not in opt.state_dict()["param_groups"][0]  # checkpoints as before
 
 
 def test_muon_on_a_network_without_batch_norm_is_refused_in_one_sentence():

@@ -22,11 +22,12 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 
 
-def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The update `g` (out x anything) mapped close to U V^T of its singular value
-    decomposition, by Newton-Schulz iterations in float32."""
+    decomposition, by Newton-Schulz iterations in `dtype`."""
     a, b, c = NS_COEFFICIENTS
-    x = g.reshape(len(g), -1).float()
+    x = g.reshape(len(g), -1).to(dtype)
     x = x / (x.norm() + 1e-7)  # singular values at most 1, where the iteration converges
     wide = x.shape[0] <= x.shape[1]
     if not wide:
@@ -40,11 +41,18 @@ def orthogonalise(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
 class Muon(torch.optim.Optimizer):
     """Param groups with `muon=True` (convolution filters) take Muon steps: Nesterov momentum,
     filters renormalised to norm sqrt(out channels), then the orthogonalised update times
-    lr. Other groups take Nesterov SGD steps with weight decay (PyTorch's SGD rule)."""
+    lr. Other groups take Nesterov SGD steps with weight decay (PyTorch's SGD rule).
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0):
+    `ns_dtype` is the orthogonalisation's precision: bf16 in runs that compute in bf16, as
+    airbench does (the iteration only needs singular values near 1). Measured on a native-bf16
+    CPU with the fast recipe at 2 epochs, 3 paired seeds: 1.05-1.06x faster per run, test
+    accuracy +0.06 points (within noise)."""
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0,
+                 ns_dtype: torch.dtype = torch.float32):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       muon=False))
+        self.ns_dtype = ns_dtype  # not a group setting: checkpoints stay as they were
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -64,6 +72,6 @@ class Muon(torch.optim.Optimizer):
                 g = g.add(buf, alpha=momentum)  # Nesterov
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
-                    g = orthogonalise(g)
+                    g = orthogonalise(g, dtype=self.ns_dtype)
                 p.add_(g, alpha=-lr)
         return None

@@ -129,10 +129,12 @@ def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "muon":  # the filters by Muon, the rest by Nesterov SGD (muon.py)
         filters = [p for p in trained if p.ndim == 4]
         rest = [p for p in trained if p.ndim != 4]
+        device = trained[0].device if trained else torch.device("cpu")
         return Muon(sgd_groups(rest, cfg, stems)  # first: the history's "lr" is the SGD rate
                     + [dict(params=filters, muon=True, lr=cfg.muon_lr,
                             momentum=cfg.muon_momentum, weight_decay=0.0)],
-                    lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                    lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                    ns_dtype=precision(device, cfg.precision, cfg.model) or torch.float32)
     # SGD and Adam keep every parameter, frozen ones too (they take no step without a
     # gradient), so their checkpoints keep the layout that older runs resume from.
     params = list(net.parameters())
