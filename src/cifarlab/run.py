@@ -28,7 +28,7 @@ from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
-                    precision, prepare_model, resolve_device)
+                    prepare_model, resolve_device, run_precision)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -132,7 +132,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     main = group is None or group.is_main
     verbose = verbose and main
     device = group.device if group is not None else resolve_device(cfg.device)
-    dtype = precision(device, cfg.precision, cfg.model)  # refused here, before anything is written
+    dtype = run_precision(device, cfg)  # refused here, before anything is written
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     net = build_network(cfg, dataset.num_classes, device)
@@ -197,7 +197,7 @@ def _announce(cfg: RunConfig, net: nn.Module, dataset: Dataset, train, val, devi
     val_text = f"{len(val):,} validation images" if cfg.val_split else \
         "validating on the test set (the original study's protocol)"
     again = f"; resuming after epoch {state['epoch']}" if state else ""
-    dtype = "bf16" if precision(device, cfg.precision, cfg.model) else "float32"
+    dtype = "bf16" if run_precision(device, cfg) else "float32"
     kind = f": {machine.describe()}" if device.type == "cpu" else ""
     where = f"device {device}{kind}, {torch.get_num_threads()} threads, {dtype}"
     if distributed.launched():
@@ -327,7 +327,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "compile_s": result.compile_s,
-        "precision": "bfloat16" if precision(device, cfg.precision, cfg.model) else "float32",
+        "precision": "bfloat16" if run_precision(device, cfg) else "float32",
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",
         "most_confused": [{"true": t, "predicted": p, "count": c}
                           for t, p, c in ev.most_confused(3)],
@@ -411,12 +411,11 @@ def load_network(run: str | Path, device: torch.device | str = "cpu") -> tuple[n
     return prepare_model(net, torch.device(device)), info
 
 
-def evaluation_precision(device: torch.device, setting: str,
-                         model: str | None) -> torch.dtype | None:
+def evaluation_precision(device: torch.device, cfg: RunConfig) -> torch.dtype | None:
     """The run's precision where this device has it; float32 where it does not (a bf16 run
     scored on a machine without native bf16: float32 holds its weights exactly)."""
     try:
-        return precision(device, setting, model)
+        return run_precision(device, cfg)
     except CifarlabError:  # bf16 asked for, not native here
         return None
 
@@ -435,7 +434,7 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
                             "the run was trained on")
     test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
     ev = evaluate(net, test_b, dataset.classes, tta=settings.tta, tta_share=settings.tta_share,
-                  dtype=evaluation_precision(device, settings.precision, settings.model))
+                  dtype=evaluation_precision(device, settings))
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")

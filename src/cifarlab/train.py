@@ -86,6 +86,11 @@ def precision(device: torch.device, setting: str = "auto",
     return torch.bfloat16 if device.type == "cuda" or model in CPU_BF16_BY_DEFAULT else None
 
 
+def run_precision(device: torch.device, cfg: RunConfig) -> torch.dtype | None:
+    """The dtype the run `cfg` computes in on `device` (see `precision`)."""
+    return precision(device, cfg.precision, cfg.model)
+
+
 def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return _capability(device) >= (8, 0)
@@ -134,7 +139,7 @@ def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
                     + [dict(params=filters, muon=True, lr=cfg.muon_lr,
                             momentum=cfg.muon_momentum, weight_decay=0.0)],
                     lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                    ns_dtype=precision(device, cfg.precision, cfg.model) or torch.float32)
+                    ns_dtype=run_precision(device, cfg) or torch.float32)
     # SGD and Adam keep every parameter, frozen ones too (they take no step without a
     # gradient), so their checkpoints keep the layout that older runs resume from.
     params = list(net.parameters())
@@ -653,7 +658,7 @@ class _Loop:
                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
                    parse_augment(cfg.augment), pacer, Progress(pacer.epochs, steps, verbose),
                    result, steps, group.world_size if group is not None else 1, group,
-                   stop_requested, precision(device, cfg.precision, cfg.model),
+                   stop_requested, run_precision(device, cfg),
                    Lookahead(net) if cfg.lookahead else None)
         if resume is not None:
             loop.restore(resume)
@@ -730,7 +735,7 @@ def compile_model(model: nn.Module, net: nn.Module, train: Batches, cfg: RunConf
     compiles nothing. Validation and evaluation stay uncompiled (eval mode would compile
     a second graph for a small share of the time)."""
     check_compile(train.y.device)
-    dtype = precision(train.y.device, cfg.precision, cfg.model)
+    dtype = run_precision(train.y.device, cfg)
     start = time.perf_counter()
     # Static shapes: each batch shape below gets a graph of its own. Left dynamic, the
     # second shape would make torch.compile trace one general graph (slower code, and
@@ -831,7 +836,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     model = torch.compile(probe, dynamic=False) if cfg.compile else probe  # cached for fit
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = train.y.device
-    dtype = precision(device, cfg.precision, cfg.model)
+    dtype = run_precision(device, cfg)
     stream = _endless(train, cfg, group)
 
     def seconds_per_step(n: int, half: bool, at_least_s: float = 0.0) -> float:
