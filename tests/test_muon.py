@@ -9,7 +9,7 @@ from torch import nn
 from cifarlab import RunConfig, models
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
-from cifarlab.muon import Muon, orthogonalise
+from cifarlab.muon import Muon, orthogonalise, orthogonalise_many
 from cifarlab.train import make_optimizer, make_schedule
 
 
@@ -24,6 +24,59 @@ def test_orthogonalise_brings_every_singular_value_near_one(shape, dtype):
     assert values.min() > 0.6 and values.max() < 1.25
     raw = torch.linalg.svdvals(g.reshape(len(g), -1))
     assert raw.max() / raw.min() > 50  # what it started from
+
+
+def test_banks_of_one_shape_are_orthogonalised_together_as_each_alone():
+    gen = torch.Generator().manual_seed(1)
+    updates = [torch.randn(*shape, generator=gen) for shape in
+               [(16, 8, 3, 3), (16, 8, 3, 3), (8, 16, 3, 3), (16, 8, 3, 3), (4, 40)]]
+    together = orthogonalise_many(updates)
+    for g, out in zip(updates, together):
+        torch.testing.assert_close(out, orthogonalise_one(g), rtol=1e-5, atol=1e-6)
+
+
+def orthogonalise_one(g, steps=5):
+    """The per-matrix iteration the batched one must equal (muon.py before batching)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = g.reshape(len(g), -1)
+    x = x / (x.norm() + 1e-7)
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).reshape(g.shape)
+
+
+def test_a_whole_group_step_equals_one_parameter_at_a_time():
+    """The foreach step against the rule written out per parameter, over several steps with
+    weight decay on the SGD group and filters of repeated and distinct shapes."""
+    torch.manual_seed(0)
+    shapes = [(16, 8, 3, 3), (16, 8, 3, 3), (8, 16, 3, 3)]
+    filters = [torch.randn(*s) for s in shapes]
+    rest = [torch.randn(16), torch.randn(10, 16)]
+    mine_f, mine_r = [nn.Parameter(t.clone()) for t in filters], [nn.Parameter(t.clone())
+                                                                 for t in rest]
+    opt = Muon([dict(params=mine_r), dict(params=mine_f, muon=True, lr=0.05, momentum=0.6)],
+               lr=0.1, momentum=0.85, weight_decay=5e-3)
+    ref_f, ref_r = [t.clone() for t in filters], [t.clone() for t in rest]
+    bufs_f, bufs_r = [torch.zeros_like(t) for t in filters], [torch.zeros_like(t) for t in rest]
+    for _ in range(3):
+        grads_f = [torch.randn_like(t) for t in filters]
+        grads_r = [torch.randn_like(t) for t in rest]
+        for p, g in zip(mine_f + mine_r, grads_f + grads_r):
+            p.grad = g.clone()
+        opt.step()
+        for p, g, buf in zip(ref_r, grads_r, bufs_r):
+            g = g + 5e-3 * p
+            buf.mul_(0.85).add_(g)
+            p.sub_(0.1 * (g + 0.85 * buf))
+        for p, g, buf in zip(ref_f, grads_f, bufs_f):
+            buf.mul_(0.6).add_(g)
+            p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
+            p.sub_(0.05 * orthogonalise_one(g + 0.6 * buf))
+    for mine, ref in zip(mine_f + mine_r, ref_f + ref_r):
+        torch.testing.assert_close(mine.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_a_muon_step_renormalises_the_filters_and_moves_them_by_lr():
@@ -83,8 +136,8 @@ def test_muon_orthogonalises_in_the_precision_the_run_computes_in(monkeypatch, n
     info = {**machine.cpu(), "bf16": native}
     monkeypatch.setattr(machine, "cpu", lambda: info)
     seen = []
-    real = muon.orthogonalise
-    monkeypatch.setattr(muon, "orthogonalise",
+    real = muon.orthogonalise_many
+    monkeypatch.setattr(muon, "orthogonalise_many",
                         lambda g, dtype: seen.append(dtype) or real(g, dtype=dtype))
     cfg = RunConfig(**with_recipe({"recipe": "fast", "filters": (8, 8, 8),
                                    "precision": precision}))
