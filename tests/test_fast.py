@@ -494,6 +494,38 @@ def test_the_budget_probe_measures_validation_instead_of_guessing_it(dataset, mo
     assert plan.validation == pytest.approx(2 * 0.05, rel=0.5)  # 60 images, batches of 30
 
 
+def test_the_half_size_phase_is_planned_only_where_half_size_steps_are_cheaper(dataset):
+    # On a CPU a 16x16 step costs about a quarter of a 32x32 one; on a GPU the fast
+    # network's steps are bound by kernel launches and cost the same at either size, and
+    # the phase only costs accuracy. A network whose steps sleep by image size stands in.
+    from cifarlab.loader import Batches, split_dataset
+    from cifarlab.train import Pacer, plan_steps, ramp_share
+    train_split, val_split, _ = split_dataset(dataset, 60)
+    train = Batches(train_split, 32, torch.device("cpu"))
+    val = Batches(val_split, 30, torch.device("cpu"))
+
+    class Sleepy(nn.Module):
+        def __init__(self, half_s):
+            super().__init__()
+            self.half_s = half_s
+            self.linear = nn.Linear(3, 10)
+
+        def forward(self, x):
+            if self.training:
+                time.sleep(0.02 if x.shape[-1] == 32 else self.half_s)
+            return self.linear(x.mean((2, 3)))
+
+    cfg = RunConfig(budget="20s", progressive=0.5)
+    cpu_like = plan_steps(Sleepy(0.005), train, val, cfg, len(train))
+    gpu_like = plan_steps(Sleepy(0.02), train, val, cfg, len(train))
+    assert cpu_like.progressive == 0.5 and gpu_like.progressive == 0.0
+    assert cpu_like.steps > gpu_like.steps  # the cheap half-size steps were planned in
+    assert Pacer(cfg, 10, 100, gpu_like).half_res == 0  # every step at full size
+    assert Pacer(cfg, 10, 100, cpu_like).half_res == 50
+    assert (ramp_share(0.5, 0.5, 1.0), ramp_share(0.5, 0.51, 1.0), ramp_share(0.0, 0.1, 1.0)) \
+        == (0.5, 0.0, 0.0)
+
+
 def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tmp_path,
                                                                       monkeypatch):
     from cifarlab import train as train_module

@@ -71,6 +71,9 @@ def test_run_folder_holds_every_file_with_consistent_contents(dataset, tmp_path)
         float(rows[best - 1]["accuracy"]) - float(rows[best - 1]["val_accuracy"]), abs=1e-5)
     assert metrics["train_time_s"] == pytest.approx(
         sum(r["epoch_time_s"] for r in result.fit.history))
+    # the validation passes' share of that time, so training alone can be told apart
+    assert 0 < metrics["validation_time_s"] < metrics["train_time_s"]
+    assert metrics["validation_time_s"] == pytest.approx(result.fit.validation_s)
     assert metrics["environment"]["torch"] == torch.__version__
     report = (out / "classification_report.txt").read_text()
     for name in dataset.classes + ("accuracy", "macro avg", "weighted avg"):

@@ -322,10 +322,12 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "epochs_run": len(result.history),
         "planned_epochs": result.planned_epochs,
         "planned_steps": result.planned_steps,
+        "half_size_share": result.half_size_share,  # of the steps, on 16x16 images
         "tta": cfg.tta,
         "tta_share": cfg.tta_share,
         "stopped_epoch": tracker.stopped_epoch or None,
         "train_time_s": result.train_time_s,
+        "validation_time_s": result.validation_s,  # part of train_time_s
         "compile_s": result.compile_s,
         "precision": "bfloat16" if run_precision(device, cfg) else "float32",
         "validated_on": "test set" if cfg.val_split == 0 else "validation split",

@@ -293,6 +293,8 @@ class FitResult:
     weights_epoch: int = 0  # the epoch whose weights the network holds after fit
     restored: bool = False  # True when those are the best epoch's, put back by early stopping
     train_time_s: float = 0.0  # the epochs, validation included, and any budget planning
+    validation_s: float = 0.0  # the part of train_time_s spent validating between epochs
+    half_size_share: float = 0.0  # the share of the planned steps on 16x16 images
     planned_steps: int = 0
     planned_epochs: int = 0
     compile_s: float = 0.0  # torch.compile and its warm-up, not part of train_time_s
@@ -398,6 +400,7 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
                "image_size": IMAGE_SIZE // 2 if half else IMAGE_SIZE}
         result.history.append(row)
         result.train_time_s += row["epoch_time_s"]
+        result.validation_s += val_s
         # Only full-size epochs compete for the best epoch (and count towards patience): the
         # network is finally tested on full-size images (the last epoch is one unless the
         # whole run is a step or two).
@@ -506,8 +509,12 @@ class Pacer:
         self.group, self.done = group, done
         # Only schedules that follow a moving plan can be re-planned (see make_schedule).
         self.replanning = plan is not None and cfg.schedule in ("linear", "constant")
+        # The share of the steps on 16x16 images: the budget's plan may have dropped the
+        # phase where half-size steps are not much cheaper (ramp_share).
+        self.progressive = plan.progressive if plan is not None and \
+            plan.progressive is not None else cfg.progressive
         # Steps before this one train on 16x16 images (a resumed run continues its own).
-        self.half_res = cfg.progressive * planned if half_res is None else half_res
+        self.half_res = self.progressive * planned if half_res is None else half_res
         self.begin_epoch()
 
     @property
@@ -566,7 +573,7 @@ class Pacer:
         really shrank still trains at full size); the whole epoch's speed, measured at its
         end, can. (A 25-minute run whose re-plan timed 18 steps while the shared machine was
         briefly busy ended the phase after 13% of the steps instead of 50%.)"""
-        target = self.cfg.progressive * self.planned
+        target = self.progressive * self.planned
         if self.done >= self.half_res:
             self.half_res = min(self.half_res, target)
         elif within_epoch:
@@ -588,7 +595,7 @@ class Pacer:
     def _replan(self, spent: float, phase_s: list[float], validation: float | None,
                 min_steps: int = 1) -> None:
         self.plan.replan(self.done, budget_left(self.cfg, spent), self.epoch_steps, phase_s,
-                         validation, self.cfg.progressive, min_steps)
+                         validation, self.progressive, min_steps)
         if self.group is not None:  # every process takes rank 0's plan
             self.plan.steps = self.group.broadcast(self.plan.steps)
         self.planned = self.plan.steps
@@ -650,7 +657,7 @@ class _Loop:
                       resume.get("half_res") if resume is not None else None)
         result = FitResult(tracker=make_tracker(cfg), planned_steps=planned,
                            planned_epochs=pacer.epochs, train_time_s=planning_s,
-                           compile_s=compile_s)
+                           compile_s=compile_s, half_size_share=pacer.progressive)
         loop = cls(net, model, train, cfg, opt, make_schedule(opt, cfg, planned, plan),
                    # Summed, then divided by the global batch size: the gradient DDP
                    # averages over the processes is then exactly the one-process gradient,
@@ -706,6 +713,7 @@ class _Loop:
                 "tracker": self.result.tracker.state_dict(), "rng": rng_state(),
                 "lookahead": self.lookahead.state_dict() if self.lookahead else None,
                 "history": self.result.history, "train_time_s": self.result.train_time_s,
+                "validation_s": self.result.validation_s,
                 "bn_reestimated": self.result.bn_reestimated}
 
     def restore(self, resume: dict) -> None:
@@ -719,6 +727,7 @@ class _Loop:
         set_rng_state(resume["rng"])
         self.result.history = [dict(row) for row in resume["history"]]
         self.result.train_time_s = resume["train_time_s"]
+        self.result.validation_s = resume.get("validation_s", 0.0)
         self.result.bn_reestimated = list(resume.get("bn_reestimated", []))
         self.first, self.stopped = resume["epoch"] + 1, resume["stopped"]
         self.result.stopped_early = self.stopped
@@ -768,6 +777,8 @@ class Plan:
     measuring_s: float  # seconds spent measuring (they count against the budget)
     steps_per_epoch: int
     every: int = 50  # steps between re-plans within an epoch
+    progressive: float | None = None  # share of the steps on 16x16 images (None: the run's
+    # setting, as plans saved before the planner chose it)
 
     def cost(self, done: int, more: int, progressive: float) -> float:
         """Seconds of `more` steps after `done`: the half-size ones among them (the first
@@ -807,6 +818,22 @@ class Plan:
         if validation is not None:
             self.validation = validation
         self.fit(done, seconds_left, progressive)
+
+
+RAMP_PAYS = 0.5  # a half-size step must cost at most this share of a full-size one
+
+
+def ramp_share(progressive: float, half: float, full: float) -> float:
+    """The share of a budget's steps to train on 16x16 images: the run's setting where a
+    half-size step is measured at most RAMP_PAYS of a full-size one, else none.
+
+    The 16x16 phase trades what a step teaches for more steps. On a CPU a half-size step
+    costs about a quarter to a third of a full-size one, and the phase pays (adopted for
+    the fast recipe). On a GPU the fast network's steps are bound by launching kernels,
+    not by the pixels: an H200 took the same 3.3 s an epoch at either size, so the phase
+    bought no steps and cost accuracy (30 s budget, seed 0: 0.8563 with it, 0.8653 without;
+    benchmarks/README.md)."""
+    return progressive if progressive and half <= RAMP_PAYS * full else 0.0
 
 
 def budget_left(cfg: RunConfig, spent: float) -> float:
@@ -862,11 +889,14 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     if cfg.progressive:
         seconds_per_step(1, True)
         half = seconds_per_step(steps, True, measure)
+    share = ramp_share(cfg.progressive, half, full)
+    if group is not None and cfg.progressive:  # every process takes rank 0's choice
+        share = group.broadcast(share)
     validation = validation_seconds(probe, val, group, dtype)
     spent = time.perf_counter() - started
-    plan = Plan(0, full, half, validation, spent, steps_per_epoch)
-    plan.fit(0, BUDGET_USE * budget - spent, cfg.progressive)
-    if plan.cost(0, plan.steps, cfg.progressive) > BUDGET_USE * budget - spent:
+    plan = Plan(0, full, half, validation, spent, steps_per_epoch, progressive=share)
+    plan.fit(0, BUDGET_USE * budget - spent, share)
+    if plan.cost(0, plan.steps, share) > BUDGET_USE * budget - spent:
         raise BudgetTooShort(f"the budget {cfg.budget} does not fit one training step and "
                             f"its validation pass on this machine ({full:.2f} s a step, "
                             f"{validation:.1f} s a validation pass, {spent:.1f} s spent "
@@ -906,7 +936,7 @@ def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     plan = plan_steps(net, train, val, cfg, steps_per_epoch, group)
     done = resume["epoch"] * steps_per_epoch
     plan.fit(done, budget_left(cfg, resume["train_time_s"] + plan.measuring_s),
-             cfg.progressive)
+             plan.progressive)
     if group is not None:
         plan.steps = group.broadcast(plan.steps)
     return plan
