@@ -179,3 +179,23 @@ def test_the_gpu_check_script_plans_every_check_in_a_dry_run():
     only = subprocess.run([sys.executable, str(script), "--dry-run", "--only", "gpu94"],
                           capture_output=True, text=True, timeout=120)
     assert len([line for line in only.stdout.splitlines() if line.startswith("- ")]) == 3
+
+
+def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
+    """--smoke shrinks each check to seconds on this CPU, so the script's running, logging
+    and reading of a run's figures are tested before a lent GPU's minutes are spent on it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import Tiny
+    data = Tiny(per_class_train=30, per_class_test=5).write_folder(tmp_path / "data")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    log = tmp_path / "checks.log"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--only", "batch 256",
+                           "--data", str(data), "--log", str(log)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS simple network, batch 256, 1 epoch: test accuracy" in done.stdout
+    assert "s of steps" in done.stdout and "float32" in done.stdout
+    assert "--device cpu" in log.read_text() and "--fraction 0.02" in log.read_text()
