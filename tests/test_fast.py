@@ -113,6 +113,8 @@ def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(datase
     assert m["epochs_run"] == m["planned_epochs"] == math.ceil(m["planned_steps"] /
                                                                steps_per_epoch)
     assert 6 < m["train_time_s"] < 12 * 1.5
+    assert m["step_seconds"]["full"] > 0 and m["step_seconds"]["half"] > 0
+    assert m["half_size_share"] in (0.0, cfg.progressive)  # the planner's choice, recorded
     # The schedule spans the (re-)planned steps: each epoch starts where the final plan puts
     # it on the warm-up and decay, and the last steps come down to nearly nothing.
     lrs = [row["lr"] for row in result.fit.history]
@@ -522,7 +524,7 @@ def test_the_half_size_phase_is_planned_only_where_half_size_steps_are_cheaper(d
     assert cpu_like.steps > gpu_like.steps  # the cheap half-size steps were planned in
     assert Pacer(cfg, 10, 100, gpu_like).half_res == 0  # every step at full size
     assert Pacer(cfg, 10, 100, cpu_like).half_res == 50
-    assert (ramp_share(0.5, 0.5, 1.0), ramp_share(0.5, 0.51, 1.0), ramp_share(0.0, 0.1, 1.0)) \
+    assert (ramp_share(0.5, 0.75, 1.0), ramp_share(0.5, 0.76, 1.0), ramp_share(0.0, 0.1, 1.0)) \
         == (0.5, 0.0, 0.0)
 
 

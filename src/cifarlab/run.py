@@ -323,6 +323,8 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "planned_epochs": result.planned_epochs,
         "planned_steps": result.planned_steps,
         "half_size_share": result.half_size_share,  # of the steps, on 16x16 images
+        # with a budget: the plan's seconds a step at each size (their ratio decides the share)
+        "step_seconds": result.step_seconds,
         "tta": cfg.tta,
         "tta_share": cfg.tta_share,
         "stopped_epoch": tracker.stopped_epoch or None,

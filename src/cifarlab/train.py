@@ -295,6 +295,7 @@ class FitResult:
     train_time_s: float = 0.0  # the epochs, validation included, and any budget planning
     validation_s: float = 0.0  # the part of train_time_s spent validating between epochs
     half_size_share: float = 0.0  # the share of the planned steps on 16x16 images
+    step_seconds: dict | None = None  # a budget run's last plan: seconds a step at each size
     planned_steps: int = 0
     planned_epochs: int = 0
     compile_s: float = 0.0  # torch.compile and its warm-up, not part of train_time_s
@@ -419,6 +420,8 @@ def _fit(net, train, val, cfg, on_epoch_end, verbose, checkpoint, resume, stop_r
         if stop and verbose:
             print(f"Early stopping: {tracker.monitor} has not improved for "
                   f"{tracker.patience} epochs; best was epoch {tracker.best_epoch}.", flush=True)
+    if pacer.plan is not None:
+        result.step_seconds = {"full": pacer.plan.full, "half": pacer.plan.half}
     result.weights_epoch = len(result.history)
     result.restored = tracker.restore(net)
     if result.restored:
@@ -820,19 +823,20 @@ class Plan:
         self.fit(done, seconds_left, progressive)
 
 
-RAMP_PAYS = 0.5  # a half-size step must cost at most this share of a full-size one
+RAMP_PAYS = 0.75  # a half-size step must cost at most this share of a full-size one
 
 
 def ramp_share(progressive: float, half: float, full: float) -> float:
     """The share of a budget's steps to train on 16x16 images: the run's setting where a
     half-size step is measured at most RAMP_PAYS of a full-size one, else none.
 
-    The 16x16 phase trades what a step teaches for more steps. On a CPU a half-size step
-    costs about a quarter to a third of a full-size one, and the phase pays (adopted for
-    the fast recipe). On a GPU the fast network's steps are bound by launching kernels,
-    not by the pixels: an H200 took the same 3.3 s an epoch at either size, so the phase
-    bought no steps and cost accuracy (30 s budget, seed 0: 0.8563 with it, 0.8653 without;
-    benchmarks/README.md)."""
+    The 16x16 phase trades what a step teaches for more steps. On CPUs, where it was
+    measured to pay and adopted for the fast recipe, the budget probe finds a half-size step
+    at 0.40-0.51 of a full-size one (2-core AVX-512 EPYC, bf16; less in float32). On a GPU
+    the fast network's steps are bound by launching kernels, not by the pixels: an H200
+    took the same 3.2-3.7 s an epoch at either size, so the phase bought no steps and cost
+    accuracy (30 s budget, seed 0: 0.8563 with it, 0.8653 without; benchmarks/README.md).
+    The line sits between the two, clear of the probe's spread on either side."""
     return progressive if progressive and half <= RAMP_PAYS * full else 0.0
 
 
