@@ -832,7 +832,7 @@ def ramp_share(progressive: float, half: float, full: float) -> float:
 
     The 16x16 phase trades what a step teaches for more steps. On CPUs, where it was
     measured to pay and adopted for the fast recipe, the budget probe finds a half-size step
-    at 0.40-0.51 of a full-size one (2-core AVX-512 EPYC, bf16; less in float32). On a GPU
+    at 0.40-0.51 of a full-size one (2-core AVX-512 EPYC; 0.37-0.42 in float32). On a GPU
     the fast network's steps are bound by launching kernels, not by the pixels: an H200
     took the same 3.2-3.7 s an epoch at either size, so the phase bought no steps and cost
     accuracy (30 s budget, seed 0: 0.8563 with it, 0.8653 without; benchmarks/README.md).
