@@ -101,6 +101,10 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
                f"{metrics.get('precision')}")
     if images:
         figures += f", {images / steps_s:,.0f} images/s in the steps"
+    if metrics.get("step_seconds"):  # a budget run: what decided its 16x16 phase
+        step = metrics["step_seconds"]
+        figures += (f", a 16x16 step {step['half'] / step['full']:.2f} of a full-size one, "
+                    f"{metrics['half_size_share']:.0%} of the steps at 16x16")
     if "gpu94" in name:
         return True, figures  # judged on the mean of its seeds, in main
     if "fast" in name and "--fraction" not in args:
