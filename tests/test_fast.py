@@ -554,3 +554,63 @@ def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tm
     m = result.metrics
     assert m["planned_steps"] < 0.8 * before  # re-planned to the slower speed ...
     assert m["train_time_s"] < 8 * 1.15  # ... and so kept to the budget
+
+
+def _counting_plans(monkeypatch):
+    from cifarlab import train as train_module
+    calls, original = [], train_module.plan_steps
+    monkeypatch.setattr(train_module, "plan_steps",
+                        lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    return calls
+
+
+PRESET_FAST = dict(recipe="fast", val_split=60, device="cpu", batch_size=32, tta=0)
+
+
+def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
+        dataset, tmp_path, monkeypatch):
+    # 6 s buy the preset's 32-64-128 far more than 8 epochs of these 340 images, where the
+    # wider 32-128-128 learns more (benchmarks/README.md): the planner builds that instead.
+    calls = _counting_plans(monkeypatch)
+    cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "6s"}))
+    out = tmp_path / "wide"
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, out, data=dataset, verbose=False, on_epoch_end=crash)
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["filters"] is None  # the settings as given ...
+    assert config["network"]["filters"] == [32, 128, 128]  # ... the network as built
+    assert len(calls) == 2  # the preset's width measured, then the wider one's
+    # Resumed with the same settings (as a study does): accepted, and still the wide network.
+    result = train_run(cfg, out, data=dataset, verbose=False, resume=True)
+    channels = {m.out_channels for m in result.net.modules() if isinstance(m, nn.Conv2d)}
+    assert 128 in channels and 64 not in channels
+    assert result.metrics["status"] == "finished"
+    assert result.metrics["train_time_s"] < 6 * 1.3  # both probes counted in the budget
+    from cifarlab.run import load_network
+    assert sum(p.numel() for p in load_network(out)[0].parameters()) == \
+        sum(p.numel() for p in result.net.parameters())
+
+
+def test_a_short_budget_keeps_the_preset_width_and_measures_it_once(dataset, tmp_path,
+                                                                     monkeypatch):
+    from cifarlab import train as train_module
+    monkeypatch.setattr(train_module, "WIDE_FROM_EPOCHS", 1e9)  # no budget is long enough
+    calls = _counting_plans(monkeypatch)
+    cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "3s"}))
+    train_run(cfg, tmp_path / "narrow", data=dataset, verbose=False)
+    config = json.loads((tmp_path / "narrow" / "config.json").read_text())
+    assert config["network"]["filters"] == [32, 64, 128]
+    assert len(calls) == 1  # the width's measurement is the run's plan
+
+
+def test_filters_you_give_are_never_replaced_by_the_budget():
+    from cifarlab.train import width_for_budget
+    given = RunConfig(**with_recipe({**PRESET_FAST, "budget": "1h", "filters": (32, 64, 128)}))
+    assert width_for_budget(None, None, None, given) == (None, None, 0.0)
+    gpu = RunConfig(**with_recipe({**PRESET_FAST, "recipe": "gpu94", "budget": "1h"}))
+    assert width_for_budget(None, None, None, gpu) == (None, None, 0.0)

@@ -28,7 +28,8 @@ from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
-                    prepare_model, resolve_device, run_precision)
+                    WIDE_FROM_EPOCHS, prepare_model, resolve_device, run_precision,
+                    width_for_budget)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -135,25 +136,34 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     dtype = run_precision(device, cfg)  # refused here, before anything is written
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
-    net = build_network(cfg, dataset.num_classes, device)
-    if group is not None and group.sync_bn:
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
+    val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
+    test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
+    # `built`: the settings the network is built from, the budget's choice of width included
+    built = _chosen_width(cfg, Path(out)) if resume else cfg
+    net = _network(built, dataset, train_b, group, state)
+    plan, measuring_s = None, 0.0
+    if state is None:
+        wide, plan, measuring_s = width_for_budget(net, train_b, val_b, cfg, group)
+        if wide is not None:
+            built = dataclasses.replace(cfg, filters=wide)
+            net = _network(built, dataset, train_b, group, state)
     out = Path(out) if resume else _create_out(cfg, out, group)
     with (rundir.lock(out) if main else contextlib.nullcontext()), \
             _graceful_signals() as signalled, contextlib.ExitStack() as stack:
         if not resume and main:
-            _write_config(out, cfg, net, dataset, labels, train, val, test, group)
+            _write_config(out, cfg, net, dataset, labels, train, val, test, group, built)
         views = trackers.make(track or [], out, mlflow_uri) if main else []
         for view in views:
             stack.callback(view.close)
             view.start(cfg.to_dict())
         if verbose:
-            _announce(cfg, net, dataset, train, val, device, out, state)
-        train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
-        val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
-        test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
-        if state is None:  # the whitening stem (fast network) is fitted to the training images
-            models.init_whitening(net, train_b.normalise(train_b.x[:WHITEN_IMAGES]))
+            _announce(built, net, dataset, train, val, device, out, state)
+            if built.filters != cfg.filters:
+                print(f"Filters {'-'.join(map(str, built.filters))}: the budget "
+                      f"{cfg.budget} buys the preset's width {WIDE_FROM_EPOCHS:g} epochs or "
+                      "more here, where the wider network learns more (--filters sets them).",
+                      flush=True)
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
@@ -169,7 +179,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         try:
             result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
                          checkpoint=save_checkpoint if main else None, resume=state,
-                         stop_requested=signalled, group=group)
+                         stop_requested=signalled, group=group, plan=plan,
+                         spent_before=measuring_s)
         except (BudgetTooShort, Diverged, Interrupted, RuntimeError) as e:
             instead = _after_failed_fit(e, out, main, resume, device, group)
             if instead is e:
@@ -264,8 +275,31 @@ def _resume_point(cfg: RunConfig | None, out) -> tuple[RunConfig, dict | None, d
     return saved, state, info["config"].get("labels") or {}
 
 
-def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None) -> None:
-    net_cfg = dataclasses.replace(cfg.net_config(), num_classes=dataset.num_classes)
+def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state) -> nn.Module:
+    """The network as `built` says, on the batches' device; a new run's whitening stem (fast
+    network) is fitted to the training images (a resumed one loads its own)."""
+    net = build_network(built, dataset.num_classes, train_b.y.device)
+    if group is not None and group.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if state is None:
+        models.init_whitening(net, train_b.normalise(train_b.x[:WHITEN_IMAGES]))
+    return net
+
+
+def _chosen_width(cfg: RunConfig, out: Path) -> RunConfig:
+    """A resumed run's settings with the filters its network was built with, which a budget
+    may have chosen (train.width_for_budget) rather than the settings."""
+    network = rundir.load_run(out)["config"].get("network") or {}
+    if cfg.filters is None and network.get("filters"):
+        return dataclasses.replace(cfg, filters=tuple(network["filters"]))
+    return cfg
+
+
+def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
+                  built: RunConfig | None = None) -> None:
+    """config.json: the settings as given (`cfg`) and the network as built from `built`
+    (the same settings, or with the filters a budget chose)."""
+    net_cfg = dataclasses.replace((built or cfg).net_config(), num_classes=dataset.num_classes)
     trainable, stats = models.count_parameters(net)
     rundir.write_json(out / "config.json", {
         "format_version": rundir.FORMAT_VERSION, "settings": cfg.to_dict(),
