@@ -98,6 +98,7 @@ def one_run(args, data, name: str, seconds: float, seed: int, filters, changes: 
     with tempfile.TemporaryDirectory() as tmp:
         run = train_run(RunConfig(**with_recipe(settings)), Path(tmp) / "run", data=data,
                         verbose=False)
+        built = json.loads((Path(tmp) / "run" / "config.json").read_text())["network"]["filters"]
     after = speed()
     row = {"budget": name, "reference_s": seconds, "seed": seed, "filters": args.filters,
            "variant": variant,
@@ -106,7 +107,9 @@ def one_run(args, data, name: str, seconds: float, seed: int, filters, changes: 
            "train_time_s": round(run.metrics["train_time_s"], 1),
            "reference_s_used": round(machine.reference_seconds(
                run.metrics["train_time_s"], (before + after) / 2), 1),
-           "test_accuracy": run.metrics["test_accuracy"], "cpu": machine.describe()}
+           "test_accuracy": run.metrics["test_accuracy"], "cpu": machine.describe(),
+           # the width the run trained (the budget picks it when --filters is not given)
+           "built": "-".join(str(n) for n in built)}
     print(line(row), flush=True)
     return row
 
@@ -125,6 +128,8 @@ def line(row: dict) -> str:
     drift = abs(row["speed_after"] / row["speed_before"] - 1)
     flag = f" (speed moved {drift:.0%} during the run)" if drift > DRIFT else ""
     what = " ".join(x for x in (row["filters"], row.get("variant")) if x) or "recipe"
+    if row.get("built") and not row["filters"]:
+        what += f" ({row['built']})"
     return (f"| {row['budget']} | {what} | {row['seed']} | {row['speed_before']:.0f} / "
             f"{row['speed_after']:.0f}{flag} | {row['budget_here_s']:.1f} | {row['steps']} | "
             f"{row['train_time_s']:.1f} | {row['reference_s_used']:.1f} | "
