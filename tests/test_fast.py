@@ -528,18 +528,22 @@ def test_the_half_size_phase_is_planned_only_where_half_size_steps_are_cheaper(d
         == (0.5, 0.0, 0.0)
 
 
-def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tmp_path,
-                                                                      monkeypatch):
-    from cifarlab import train as train_module
-    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "8s", "tta": 0}))
-    out = tmp_path / "r"
-
+def interrupt_after_epoch_2(cfg, out, dataset):
+    """A run killed (Ctrl-C) once its second epoch is checkpointed."""
     def crash(row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg, out, data=dataset, verbose=False, on_epoch_end=crash)
+
+
+def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tmp_path,
+                                                                      monkeypatch):
+    from cifarlab import train as train_module
+    cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "8s", "tta": 0}))
+    out = tmp_path / "r"
+    interrupt_after_epoch_2(cfg, out, dataset)
     # The resumed machine is much slower: each step now takes 25 ms more. Steps planned on
     # the old speed would overrun the budget by several seconds.
     before = rundir.load_checkpoint(out / rundir.CHECKPOINT)["planned_steps"]
@@ -574,13 +578,7 @@ def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
     calls = _counting_plans(monkeypatch)
     cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "6s"}))
     out = tmp_path / "wide"
-
-    def crash(row):
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_run(cfg, out, data=dataset, verbose=False, on_epoch_end=crash)
+    interrupt_after_epoch_2(cfg, out, dataset)
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["filters"] is None  # the settings as given ...
     assert config["network"]["filters"] == [32, 128, 128]  # ... the network as built
