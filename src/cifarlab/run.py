@@ -143,7 +143,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     built = _chosen_width(cfg, Path(out)) if resume else cfg
     net = _network(built, dataset, train_b, group, state)
     plan, measuring_s = None, 0.0
-    if state is None:
+    if not resume:  # a resumed run keeps the width it began with, checkpoint or not
         wide, plan, measuring_s = width_for_budget(net, train_b, val_b, cfg, group)
         if wide is not None:
             built = dataclasses.replace(cfg, filters=wide)
