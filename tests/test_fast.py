@@ -612,3 +612,26 @@ def test_filters_you_give_are_never_replaced_by_the_budget():
     assert width_for_budget(None, None, None, given) == (None, None, 0.0)
     gpu = RunConfig(**with_recipe({**PRESET_FAST, "recipe": "gpu94", "budget": "1h"}))
     assert width_for_budget(None, None, None, gpu) == (None, None, 0.0)
+
+
+def test_the_width_is_judged_uncompiled_and_a_compiled_run_plans_its_own_steps(dataset,
+                                                                               monkeypatch):
+    # Compiling is the run's (before its clock starts), not a measurement the budget pays
+    # for: the width probe never compiles, and its uncompiled plan is not handed on.
+    from cifarlab import train as train_module
+    from cifarlab.loader import Batches, split_dataset
+    seen = []
+    original = train_module.plan_steps
+    monkeypatch.setattr(train_module, "plan_steps",
+                        lambda *a, **k: seen.append(a[3].compile) or original(*a, **k))
+    monkeypatch.setattr(train_module, "WIDE_FROM_EPOCHS", 1e9)  # the width stays
+    train_split, val_split, _ = split_dataset(dataset, 60)
+    train = Batches(train_split, 32, torch.device("cpu"))
+    val = Batches(val_split, 30, torch.device("cpu"))
+    cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "3s"}))
+    net = models.build(cfg.net_config())
+    wide, plan, spent = train_module.width_for_budget(
+        net, train, val, dataclasses.replace(cfg, compile=True))
+    assert seen == [False] and wide is None and plan is None and spent > 0
+    _, plan, _ = train_module.width_for_budget(net, train, val, cfg)
+    assert plan is not None  # uncompiled runs reuse the measurement

@@ -960,19 +960,26 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     took (counted against the budget either way).
 
     The wider 32-128-128 network takes 25-35% fewer steps from the same time and pays only
-    when the budget is long. Measured with 3 paired seeds (benchmarks/README.md): level
-    where the recipe's 32-64-128 gets 1.2 epochs (90 s on the 2-core AVX2 reference), +0.30
-    points at 5 epochs (inconclusive), +0.82 at 10 epochs (every seed, two sets), ahead on
+    when the budget is long. Measured with paired seeds (benchmarks/README.md): level
+    where the recipe's 32-64-128 gets 1.2 epochs (90 s on the 2-core AVX2 reference), +0.26
+    points at 5 epochs (6 seeds, inconclusive), +0.82 at 10 epochs (every seed, two sets of
+    3), ahead on
     both 25-minute pairs (24 epochs). So the budget is judged in epochs of the recipe's
-    width on this machine, the line at 8."""
+    width on this machine, the line at 8.
+
+    With --compile the width is judged uncompiled: compiling belongs to the run (before its
+    clock starts, compile_model), not to a measurement the budget pays for, and the fast
+    network's speed barely moves with it (0.93-0.97x on a CPU, 1.02x on an H200). The run
+    then makes its own plan, compiled."""
     if not (cfg.budget and cfg.model == "fast" and cfg.filters is None):
         return None, None, 0.0
     steps = steps_per_epoch(train, group)
-    plan = plan_steps(net, train, val, cfg, steps, group)
+    plan = plan_steps(net, train, val, dataclasses.replace(cfg, compile=False), steps, group)
     wide = plan.steps / steps >= WIDE_FROM_EPOCHS
     if group is not None:  # every process takes rank 0's choice
         wide = group.broadcast(wide)
-    return (WIDE_FILTERS if wide else None), (None if wide else plan), plan.measuring_s
+    keep = None if wide or cfg.compile else plan
+    return (WIDE_FILTERS if wide else None), keep, plan.measuring_s
 
 
 def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
