@@ -16,20 +16,10 @@ import tempfile
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from budget_goals import check_change  # this folder's scripts, run as `python benchmarks/...`
 from cifarlab.config import RunConfig, with_recipe
+from cifarlab.errors import CifarlabError
 from cifarlab.run import train_run
-
-
-def parse_set(items: list[str]) -> dict:
-    """NAME=VALUE settings, each VALUE read as its setting's default is typed."""
-    fields = RunConfig.__dataclass_fields__
-    values = {}
-    for item in items:
-        name, _, text = item.partition("=")
-        default = fields[name].default
-        values[name] = tuple(int(v) for v in text.split(",")) if isinstance(default, tuple) \
-            else type(default)(text) if default is not None else text
-    return values
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,9 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
-    cfg = RunConfig(**with_recipe(dict(recipe=args.recipe, compile=args.compile, epochs=3,
-                                       val_split=0, data=args.data, device=args.device,
-                                       seed=0, **parse_set(args.set))))
+    values = dict(recipe=args.recipe, compile=args.compile, epochs=3, val_split=0,
+                  data=args.data, device=args.device, seed=0)
+    try:
+        cfg = RunConfig.from_dict(with_recipe({**values, **dict(map(check_change, args.set))}),
+                                  where="--set").validate()
+    except CifarlabError as e:
+        raise SystemExit(f"gpu_profile: {e}") from None
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     prof = profile(activities=activities, schedule=schedule(wait=1, warmup=0, active=2))
