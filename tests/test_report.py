@@ -171,3 +171,36 @@ def test_study_curves_mark_each_variants_own_half_size_epochs_and_shade_nothing(
         assert late.get_linestyle() == "-" and not any(math.isnan(y) for y in late.get_ydata())
     legend = [t.get_text() for t in axes[1].get_legend().get_texts()]
     assert legend == ["early", "late", "dotted: validated on 16x16 images"]
+
+
+def test_a_budget_study_says_which_width_its_runs_trained():
+    # A budget without filters lets each run choose its width (train.width_for_budget): the
+    # report names a variant whose runs trained the wider network, and warns when one
+    # variant's seeds trained different widths (near the switch, on a machine whose speed
+    # drifts), since its spread then mixes two networks. Given filters: nothing to say.
+    from pathlib import Path
+
+    from cifarlab.report import Group, Results, Run, answer
+
+    def run(seed, built, settings):
+        return Run(Path("r"), seed, {"settings": {"model": "fast", **settings},
+                                     "network": {"filters": list(built)}},
+                   {"test_accuracy": 0.8},
+                   [{"epoch": 1, "loss": 1.0, "accuracy": 0.8, "val_loss": 1.0,
+                     "val_accuracy": 0.8}])
+    budget = {"budget": "6m", "filters": None}
+    narrow, wide = (32, 64, 128), (32, 128, 128)
+    groups = [Group("short", [run(s, narrow, budget) for s in range(3)]),
+              Group("long", [run(s, wide, budget) for s in range(3)]),
+              Group("edge", [run(0, wide, budget), run(1, narrow, budget), run(2, wide, budget)]),
+              Group("given", [run(s, wide, {"budget": "6m", "filters": list(wide)})
+                              for s in range(3)]),
+              Group("epochs", [run(s, wide, {"epochs": 8}) for s in range(3)])]
+    text = answer(Results("t", groups, "short", {}))
+    notes = [t for t in text if "width" in t or "filters" in t]
+    assert notes == [
+        "long trained 32-128-128 filters, not its preset's 32-64-128: its budget buys enough "
+        "steps for the wider network (give filters to choose the width yourself).",
+        "The runs of edge trained different widths (1 of 3 runs 32-64-128, 2 of 3 runs "
+        "32-128-128): its budget chose the width run by run from this machine's speed, so "
+        "its spread mixes two networks; give it filters to fix the width."]

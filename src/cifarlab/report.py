@@ -445,7 +445,37 @@ def _warnings(results: Results) -> list[str]:
         if es and not any(r.metrics.get("stopped_epoch") for r in g.runs):
             out.append(f"Early stopping ({es}) never stopped a run of {g.name}: its patience "
                        "outlasted the epochs, so it only restored the best epoch's weights.")
+        out += _width_notes(g)
     return out
+
+
+def _width_notes(g: Group) -> list[str]:
+    """What a reader of a budget study must know about widths: a budget without given
+    filters lets each run choose its network's width (train.width_for_budget), so a variant
+    may train another width than its preset's, or, near the length where the choice flips
+    on a shared machine's speed, different widths on different seeds."""
+    settings = g.runs[0].config.get("settings", {})
+    if settings.get("filters") or not settings.get("budget"):
+        return []
+    built = [tuple((r.config.get("network") or {}).get("filters") or ()) for r in g.runs]
+    counts = {w: built.count(w) for w in sorted(set(built)) if w}
+    name = lambda w: "-".join(map(str, w))  # noqa: E731
+    if len(counts) > 1:
+        mix = ", ".join(f"{n} of {len(built)} runs {name(w)}" for w, n in counts.items())
+        return [f"The runs of {g.name} trained different widths ({mix}): its budget chose "
+                "the width run by run from this machine's speed, so its spread mixes two "
+                "networks; give it filters to fix the width."]
+    preset = _preset_filters(settings.get("model"))
+    if counts and preset and next(iter(counts)) != preset:
+        return [f"{g.name} trained {name(next(iter(counts)))} filters, not its preset's "
+                f"{name(preset)}: its budget buys enough steps for the wider network (give "
+                "filters to choose the width yourself)."]
+    return []
+
+
+def _preset_filters(model: str | None) -> tuple | None:
+    from .models import PRESETS  # the network library, only for a budget study's note
+    return tuple(PRESETS[model][1].filters) if model in PRESETS else None
 
 
 def terminal_text(results: Results) -> str:
