@@ -582,6 +582,7 @@ def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["filters"] is None  # the settings as given ...
     assert config["network"]["filters"] == [32, 128, 128]  # ... the network as built
+    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 32}  # given
     assert len(calls) == 2  # the preset's width measured, then the wider one's
     # Resumed with the same settings (as a study does): accepted, and still the wide network.
     result = train_run(cfg, out, data=dataset, verbose=False, resume=True)
@@ -592,6 +593,29 @@ def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
     from cifarlab.run import load_network
     assert sum(p.numel() for p in load_network(out)[0].parameters()) == \
         sum(p.numel() for p in result.net.parameters())
+
+
+def test_the_wider_network_takes_larger_batches_where_the_batch_is_the_recipes(
+        dataset, tmp_path, monkeypatch):
+    # The recipe's own batch (128, not given): the budget's wider network trains in batches
+    # of WIDE_BATCH (64 here, for 340 images: 6 steps an epoch instead of 3), and a resumed
+    # run, whose settings still say 128, keeps them.
+    from cifarlab import train as train_module
+    monkeypatch.setattr(train_module, "WIDE_BATCH", 64)
+    per_epoch, original = [], train_module.Pacer.__init__
+    monkeypatch.setattr(train_module.Pacer, "__init__", lambda self, cfg, n, *a, **k: (
+        per_epoch.append(n), original(self, cfg, n, *a, **k))[1])
+    recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
+    cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
+    assert cfg.batch_size == 128
+    out = tmp_path / "wide"
+    interrupt_after_epoch_2(cfg, out, dataset)
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["batch_size"] == 128
+    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 64}
+    assert per_epoch == [6]
+    train_run(cfg, out, data=dataset, verbose=False, resume=True)
+    assert per_epoch == [6, 6]
 
 
 def test_a_short_budget_keeps_the_preset_width_and_measures_it_once(dataset, tmp_path,

@@ -183,8 +183,11 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     from cifarlab.report import Group, Results, Run, answer
 
     def run(seed, built, settings):
-        return Run(Path("r"), seed, {"settings": {"model": "fast", **settings},
-                                     "network": {"filters": list(built)}},
+        chosen = {"filters": list(built), "batch_size": 256} if built == wide else None
+        return Run(Path("r"), seed, {"settings": {"model": "fast", "batch_size": 128,
+                                                  **settings},
+                                     "network": {"filters": list(built)},
+                                     "budget_choice": chosen},
                    {"test_accuracy": 0.8},
                    [{"epoch": 1, "loss": 1.0, "accuracy": 0.8, "val_loss": 1.0,
                      "val_accuracy": 0.8}])
@@ -199,8 +202,9 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     text = answer(Results("t", groups, "short", {}))
     notes = [t for t in text if "width" in t or "filters" in t]
     assert notes == [
-        "long trained 32-128-128 filters, not its preset's 32-64-128: its budget buys enough "
-        "steps for the wider network (give filters to choose the width yourself).",
+        "long trained 32-128-128 filters in batches of 256, not its preset's 32-64-128: its "
+        "budget buys enough steps for the wider network (give filters to choose the width "
+        "yourself).",
         "The runs of edge trained different widths (1 of 3 runs 32-64-128, 2 of 3 runs "
         "32-128-128): its budget chose the width run by run from this machine's speed, so "
         "its spread mixes two networks; give it filters to fix the width."]

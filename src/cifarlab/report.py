@@ -467,9 +467,13 @@ def _width_notes(g: Group) -> list[str]:
                 "networks; give it filters to fix the width."]
     preset = _preset_filters(settings.get("model"))
     if counts and preset and next(iter(counts)) != preset:
-        return [f"{g.name} trained {name(next(iter(counts)))} filters, not its preset's "
-                f"{name(preset)}: its budget buys enough steps for the wider network (give "
-                "filters to choose the width yourself)."]
+        chosen = g.runs[0].config.get("budget_choice") or {}
+        batch = chosen.get("batch_size")
+        batch = f" in batches of {batch}" if batch and batch != settings.get("batch_size") \
+            else ""
+        return [f"{g.name} trained {name(next(iter(counts)))} filters{batch}, not its "
+                f"preset's {name(preset)}: its budget buys enough steps for the wider network "
+                "(give filters to choose the width yourself)."]
     return []
 
 

@@ -136,17 +136,19 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     dtype = run_precision(device, cfg)  # refused here, before anything is written
     dataset = data if data is not None else load_cifar10(cfg.data, progress=verbose)
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
-    train_b = Batches(train, cfg.batch_size, device, cfg.normalize)
+    # `built`: the settings the network is built and trained with, the budget's choice of
+    # width and batch included (a resumed run keeps the choice it began with)
+    built = _budget_choice(cfg, Path(out)) if resume else cfg
+    train_b = Batches(train, built.batch_size, device, cfg.normalize)
     val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
     test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
-    # `built`: the settings the network is built from, the budget's choice of width included
-    built = _chosen_width(cfg, Path(out)) if resume else cfg
     net = _network(built, dataset, train_b, group, state)
     plan, measuring_s = None, 0.0
-    if not resume:  # a resumed run keeps the width it began with, checkpoint or not
+    if not resume:
         wide, plan, measuring_s = width_for_budget(net, train_b, val_b, cfg, group)
         if wide is not None:
-            built = dataclasses.replace(cfg, filters=wide)
+            built = dataclasses.replace(cfg, **wide)
+            train_b = Batches(train, built.batch_size, device, cfg.normalize)
             net = _network(built, dataset, train_b, group, state)
     out = Path(out) if resume else _create_out(cfg, out, group)
     with (rundir.lock(out) if main else contextlib.nullcontext()), \
@@ -160,10 +162,12 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         if verbose:
             _announce(built, net, dataset, train, val, device, out, state)
             if built.filters != cfg.filters:
-                print(f"Filters {'-'.join(map(str, built.filters))}: the budget "
+                batch = f" in batches of {built.batch_size}" \
+                    if built.batch_size != cfg.batch_size else ""
+                print(f"Filters {'-'.join(map(str, built.filters))}{batch}: the budget "
                       f"{cfg.budget} buys the preset's width {WIDE_FROM_EPOCHS:g} epochs or "
-                      "more here, where the wider network learns more (--filters sets them).",
-                      flush=True)
+                      "more here, where the wider network learns more (--filters sets the "
+                      "width yourself).", flush=True)
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
@@ -286,10 +290,15 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
     return net
 
 
-def _chosen_width(cfg: RunConfig, out: Path) -> RunConfig:
-    """A resumed run's settings with the filters its network was built with, which a budget
-    may have chosen (train.width_for_budget) rather than the settings."""
-    network = rundir.load_run(out)["config"].get("network") or {}
+def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
+    """A resumed run's settings with the filters and batch it was built and trained with,
+    which a budget may have chosen (train.width_for_budget) rather than the settings."""
+    config = rundir.load_run(out)["config"]
+    chosen = config.get("budget_choice")
+    if chosen:
+        return dataclasses.replace(cfg, filters=tuple(chosen["filters"]),
+                                   batch_size=chosen["batch_size"])
+    network = config.get("network") or {}  # a run from before the batch was chosen too
     if cfg.filters is None and network.get("filters"):
         return dataclasses.replace(cfg, filters=tuple(network["filters"]))
     return cfg
@@ -298,7 +307,7 @@ def _chosen_width(cfg: RunConfig, out: Path) -> RunConfig:
 def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
                   built: RunConfig | None = None) -> None:
     """config.json: the settings as given (`cfg`) and the network as built from `built`
-    (the same settings, or with the filters a budget chose)."""
+    (the same settings, or with the filters and batch a budget chose: `budget_choice`)."""
     net_cfg = dataclasses.replace((built or cfg).net_config(), num_classes=dataset.num_classes)
     trainable, stats = models.count_parameters(net)
     rundir.write_json(out / "config.json", {
@@ -307,6 +316,8 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
         "labels": labels or {},
+        "budget_choice": {"filters": list(built.filters), "batch_size": built.batch_size}
+        if built is not None and built != cfg else None,
         "distributed": distributed.describe(group) if group is not None else None,
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
@@ -392,7 +403,7 @@ def batch_norm_record(net: nn.Module, train: Batches, cfg: RunConfig,
         # Rank 0 alone evaluates; synchronised batch norm in training mode would wait for
         # the other processes, so the check is left out.
         return {**record, "mismatch": False, "check": "skipped (synchronised batch norm)"}
-    images, labels = normstats.training_batches(train, cfg.batch_size, cfg.split_seed,
+    images, labels = normstats.training_batches(train, train.batch_size, cfg.split_seed,
                                                 normstats.CHECK_IMAGES)
     train_acc, eval_acc = normstats.mode_agreement(net, images, labels)
     return {**record, "sample_images": sum(len(x) for x in images),

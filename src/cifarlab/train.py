@@ -25,7 +25,7 @@ from torch import nn
 
 from . import machine, models, normstats
 from .augment import parse as parse_augment
-from .config import RunConfig, parse_budget
+from .config import RECIPES, RunConfig, parse_budget
 from .data import IMAGE_SIZE
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
@@ -950,22 +950,29 @@ def steps_per_epoch(train: Batches, group=None) -> int:
 
 WIDE_FILTERS = (32, 128, 128)
 WIDE_FROM_EPOCHS = 8.0
+# The wider network's batch, where the batch is the recipe's own. On a 2-core AVX-512 CPU
+# at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each; benchmarks/README.md)
+# 32-128-128 scored 0.8731 in batches of 128, 0.8783 of 256, 0.8808 of 384, 0.8815 of 512
+# and 0.8785 of 768 (2 seeds): larger batches share Muon's per-step cost, larger for the
+# wide filter banks, among more images and keep the CPU busier (13% more images in the
+# same time at 384). 384 is at the top with more steps than 512 at shorter budgets.
+WIDE_BATCH = 384
 
 
 def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
-                     group=None) -> tuple[tuple[int, ...] | None, Plan | None, float]:
-    """For a budget run of the fast network whose filters were not given: the wider filters
-    to train instead, or None to keep `net`'s (the preset's 32-64-128), with the plan
-    measured for `net` (fit takes it when the width stays) and the seconds the measuring
-    took (counted against the budget either way).
+                     group=None) -> tuple[dict | None, Plan | None, float]:
+    """For a budget run of the fast network whose filters were not given: the settings to
+    train the wider network with instead ({"filters": ..., "batch_size": ...}, see
+    `wider`), or None to keep `net` (the preset's 32-64-128), with the plan measured for
+    `net` (fit takes it when the width stays) and the seconds the measuring took (counted
+    against the budget either way).
 
     The wider 32-128-128 network takes 25-35% fewer steps from the same time and pays only
     when the budget is long. Measured with paired seeds (benchmarks/README.md): level
     where the recipe's 32-64-128 gets 1.2 epochs (90 s on the 2-core AVX2 reference), +0.26
     points at 5 epochs (6 seeds, inconclusive), +0.82 at 10 epochs (every seed, two sets of
-    3), ahead on
-    both 25-minute pairs (24 epochs). So the budget is judged in epochs of the recipe's
-    width on this machine, the line at 8.
+    3), ahead on both 25-minute pairs (24 epochs). So the budget is judged in epochs of the
+    recipe's width on this machine, the line at 8.
 
     With --compile the width is judged uncompiled: compiling belongs to the run (before its
     clock starts, compile_model), not to a measurement the budget pays for, and the fast
@@ -979,7 +986,16 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     if group is not None:  # every process takes rank 0's choice
         wide = group.broadcast(wide)
     keep = None if wide or cfg.compile else plan
-    return (WIDE_FILTERS if wide else None), keep, plan.measuring_s
+    return (wider(cfg) if wide else None), keep, plan.measuring_s
+
+
+def wider(cfg: RunConfig) -> dict:
+    """The settings the budget changes when it picks the wider network: its filters, and
+    its batch where the batch is the recipe's own (one given, or a recipe's other batch,
+    stays; --filters keeps both as they are)."""
+    recipe_batch = RECIPES.get(cfg.recipe or "", {}).get("batch_size")
+    batch = WIDE_BATCH if cfg.batch_size == recipe_batch else cfg.batch_size
+    return {"filters": WIDE_FILTERS, "batch_size": batch}
 
 
 def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
