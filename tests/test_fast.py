@@ -573,7 +573,7 @@ PRESET_FAST = dict(recipe="fast", val_split=60, device="cpu", batch_size=32, tta
 
 def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
         dataset, tmp_path, monkeypatch):
-    # 6 s buy the preset's 32-64-128 far more than 8 epochs of these 340 images, where the
+    # 6 s buy the preset's 32-64-128 far more than 4 epochs of these 340 images, where the
     # wider 32-128-128 learns more (benchmarks/README.md): the planner builds that instead.
     calls = _counting_plans(monkeypatch)
     cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "6s"}))

@@ -949,7 +949,7 @@ def steps_per_epoch(train: Batches, group=None) -> int:
 
 
 WIDE_FILTERS = (32, 128, 128)
-WIDE_FROM_EPOCHS = 8.0
+WIDE_FROM_EPOCHS = 4.0
 # The wider network's batch, where the batch is the recipe's own. On a 2-core AVX-512 CPU
 # at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each; benchmarks/README.md)
 # 32-128-128 scored 0.8731 in batches of 128, 0.8783 of 256, 0.8808 of 384, 0.8815 of 512
@@ -967,12 +967,13 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     `net` (fit takes it when the width stays) and the seconds the measuring took (counted
     against the budget either way).
 
-    The wider 32-128-128 network takes 25-35% fewer steps from the same time and pays only
-    when the budget is long. Measured with paired seeds (benchmarks/README.md): level
-    where the recipe's 32-64-128 gets 1.2 epochs (90 s on the 2-core AVX2 reference), +0.26
-    points at 5 epochs (6 seeds, inconclusive), +0.82 at 10 epochs (every seed, two sets of
-    3), ahead on both 25-minute pairs (24 epochs). So the budget is judged in epochs of the
-    recipe's width on this machine, the line at 8.
+    The wider network takes fewer steps from the same time and pays only when the budget is
+    long. Measured with paired seeds on a 2-core native-bf16 CPU (benchmarks/README.md, ninth
+    sitting), 32-128-128 in batches of 384 against the recipe's 32-64-128 in batches of 128:
+    -0.27 points (-0.66 to +0.33) where the narrow network gets 2.4 epochs (90 s), +1.36
+    (+0.70 to +1.71) at 5.3 epochs (3 minutes); at 10 (6 minutes) +0.82 for the width in
+    batches of 128 and +0.77 more for the batch. So the budget is judged in epochs of the
+    recipe's width on this machine, the line at 4, between the two shortest.
 
     With --compile the width is judged uncompiled: compiling belongs to the run (before its
     clock starts, compile_model), not to a measurement the budget pays for, and the fast
