@@ -135,6 +135,12 @@ class Batches:
         view.x, view.y = self.x[part], self.y[part]
         return view
 
+    def in_batches_of(self, batch_size: int) -> "Batches":
+        """The same images in batches of `batch_size` (a view: nothing is copied again)."""
+        view = copy.copy(self)
+        view.batch_size = batch_size
+        return view
+
     def shuffled(self, generator: torch.Generator, augment: dict | None = None,
                  seed: int = 0, epoch: int = 1, group=None):
         """One epoch of batches in an order drawn from `generator`; the last may be smaller.

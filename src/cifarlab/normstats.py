@@ -109,6 +109,5 @@ def mode_agreement(net: nn.Module, images, labels: torch.Tensor) -> tuple[float,
 def training_batches(train, batch_size: int, seed: int, count: int = SAMPLE_IMAGES):
     """Normalised, un-augmented batches of a fixed sample of the training split (a
     loader.Batches); a last batch of one image is left out (it has no batch variance)."""
-    view = train.subset(sample(train.num_images, seed, count))
-    view.batch_size = max(2, batch_size)
+    view = train.subset(sample(train.num_images, seed, count)).in_batches_of(max(2, batch_size))
     return [x for x, _ in view if len(x) > 1], view.y

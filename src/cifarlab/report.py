@@ -459,9 +459,8 @@ def _width_notes(g: Group) -> list[str]:
         return []
     built = [tuple((r.config.get("network") or {}).get("filters") or ()) for r in g.runs]
     counts = {w: built.count(w) for w in sorted(set(built)) if w}
-    name = lambda w: "-".join(map(str, w))  # noqa: E731
     if len(counts) > 1:
-        mix = ", ".join(f"{n} of {len(built)} runs {name(w)}" for w, n in counts.items())
+        mix = ", ".join(f"{n} of {len(built)} runs {_dashed(w)}" for w, n in counts.items())
         return [f"The runs of {g.name} trained different widths ({mix}): its budget chose "
                 "the width run by run from this machine's speed, so its spread mixes two "
                 "networks; give it filters to fix the width."]
@@ -471,10 +470,14 @@ def _width_notes(g: Group) -> list[str]:
         batch = chosen.get("batch_size")
         batch = f" in batches of {batch}" if batch and batch != settings.get("batch_size") \
             else ""
-        return [f"{g.name} trained {name(next(iter(counts)))} filters{batch}, not its "
-                f"preset's {name(preset)}: its budget buys enough steps for the wider network "
+        return [f"{g.name} trained {_dashed(next(iter(counts)))} filters{batch}, not its "
+                f"preset's {_dashed(preset)}: its budget buys enough steps for the wider network "
                 "(give filters to choose the width yourself)."]
     return []
+
+
+def _dashed(filters: tuple) -> str:
+    return "-".join(map(str, filters))
 
 
 def _preset_filters(model: str | None) -> tuple | None:

@@ -148,7 +148,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         wide, plan, measuring_s = width_for_budget(net, train_b, val_b, cfg, group)
         if wide is not None:
             built = dataclasses.replace(cfg, **wide)
-            train_b = Batches(train, built.batch_size, device, cfg.normalize)
+            train_b = train_b.in_batches_of(built.batch_size)  # the images stay where they are
             net = _network(built, dataset, train_b, group, state)
     out = Path(out) if resume else _create_out(cfg, out, group)
     with (rundir.lock(out) if main else contextlib.nullcontext()), \

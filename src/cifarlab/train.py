@@ -954,7 +954,7 @@ WIDE_FROM_EPOCHS = 4.0
 # at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each; benchmarks/README.md)
 # 32-128-128 scored 0.8731 in batches of 128, 0.8783 of 256, 0.8808 of 384, 0.8815 of 512
 # and 0.8785 of 768 (2 seeds): larger batches share Muon's per-step cost, larger for the
-# wide filter banks, among more images and keep the CPU busier (13% more images in the
+# wide filter banks, among more images and keep the CPU busier (12% more images in the
 # same time at 384). 384 is at the top with more steps than 512 at shorter budgets.
 WIDE_BATCH = 384
 
