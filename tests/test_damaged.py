@@ -71,3 +71,19 @@ def test_a_damaged_file_is_refused_in_one_sentence_and_nothing_changes(folders, 
     assert err.count("\n") == 0 and err.startswith("cifarlab: error: "), err
     assert target.name in err and "Traceback" not in err
     assert snapshot(tmp_path / top) == before
+
+
+def test_a_damaged_budget_choice_is_refused_in_one_sentence(folders, tmp_path, capsys):
+    # config.json's budget_choice (the width and batch a budget picked) is read on resume:
+    # edited into something else, the resume is refused in one sentence, nothing changed.
+    import json
+    shutil.copytree(folders / "unfinished", tmp_path / "unfinished")
+    config_path = tmp_path / "unfinished" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["budget_choice"] = {"filters": "wide"}
+    config_path.write_text(json.dumps(config))
+    before = snapshot(tmp_path / "unfinished")
+    assert main(["train", "--resume", str(tmp_path / "unfinished")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "budget_choice" in err and "Traceback" not in err, err
+    assert snapshot(tmp_path / "unfinished") == before

@@ -296,8 +296,13 @@ def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
     config = rundir.load_run(out)["config"]
     chosen = config.get("budget_choice")
     if chosen:
-        return dataclasses.replace(cfg, filters=tuple(chosen["filters"]),
-                                   batch_size=chosen["batch_size"])
+        try:
+            return dataclasses.replace(cfg, filters=tuple(int(n) for n in chosen["filters"]),
+                                       batch_size=int(chosen["batch_size"]))
+        except (TypeError, KeyError, ValueError):
+            raise CifarlabError(f"{out / 'config.json'} has a damaged budget_choice (it "
+                                "should name filters and batch_size); the run cannot be "
+                                "resumed, so start a new one") from None
     network = config.get("network") or {}  # a run from before the batch was chosen too
     if cfg.filters is None and network.get("filters"):
         return dataclasses.replace(cfg, filters=tuple(network["filters"]))
