@@ -22,8 +22,9 @@ from pathlib import Path
 GPU94_SEEDS = 3
 GPU94_GOAL = 0.94  # mean test accuracy of the GPU recipe (issue 14: in <= 2.0 s on an H200)
 # The fast recipe's 60 s on a GPU: a floor that says the CUDA path learns and the budget
-# holds. It is the CPU recipe, launch-bound on a GPU (14,400 images/s on an H200, 2026-11-30:
-# 0.8775 and 0.8737 in 60 s); gpu94 is the GPU's recipe.
+# holds. Its own network is launch-bound on a GPU (14,400 images/s on an H200, 2026-11-30:
+# 0.8775 and 0.8737 in 60 s); since then its budget's ladder takes gpu94's network and
+# batches where they fit 8 epochs (train.width_for_budget), not yet run on a GPU.
 FAST_FLOOR = 0.85
 
 
@@ -94,13 +95,18 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
     config = json.loads((folder / "config.json").read_text())
     accuracy, seconds = metrics["test_accuracy"], metrics["train_time_s"]
     steps_s = seconds - metrics.get("validation_time_s", 0.0)
+    chosen = config.get("budget_choice") or {}  # the network and batch a budget picked
+    batch = chosen.get("batch_size", config["settings"]["batch_size"])
     images = min(config["images"]["train"] * metrics["epochs_run"],
-                 metrics["planned_steps"] * config["settings"]["batch_size"])
+                 metrics["planned_steps"] * batch)
     figures = (f"test accuracy {accuracy:.4f}, training {seconds:.2f} s ({steps_s:.2f} s of "
                f"steps; the rest validating and planning), compiling {metrics.get('compile_s', 0):.1f} s, "
                f"{metrics.get('precision')}")
     if images:
         figures += f", {images / steps_s:,.0f} images/s in the steps"
+    if chosen:
+        figures += (f", the budget chose {'-'.join(map(str, chosen['filters']))} filters in "
+                    f"batches of {batch}" + (" with gpu94's rates" if "lr" in chosen else ""))
     if metrics.get("step_seconds"):  # a budget run: what decided its 16x16 phase
         step = metrics["step_seconds"]
         figures += (f", a 16x16 step {step['half'] / step['full']:.2f} of a full-size one, "

@@ -14,6 +14,7 @@ benchmarks/throughput.png.
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import time
@@ -129,7 +130,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for preset, batch, ips, gf, k_ips, bf16 in rows:
         print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
-              f"{k_ips:.0f} | {ips / k_ips:.2f}x | {bf16:.0f} | {bf16 / ips:.2f}x |")
+              f"{_cell(k_ips, '.0f')} | {_cell(ips / k_ips, '.2f', 'x')} | "
+              f"{_cell(bf16, '.0f')} | {_cell(bf16 / ips, '.2f', 'x')} |")
     if not native_bf16:
         print("\n(bf16 columns empty: this CPU has no native bf16, where it is emulated)")
     if keras is None:
@@ -149,6 +151,11 @@ def main():
     ax.set_title(f"cifarlab training throughput (matmul peak {peak:.0f} GFLOP/s)")
     fig.tight_layout()
     fig.savefig(Path(__file__).with_name("throughput.png"), dpi=100)
+
+
+def _cell(value: float, spec: str, unit: str = "") -> str:
+    """A table cell, or "-" for a column this run left out (no Keras, no native bf16)."""
+    return "-" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
 if __name__ == "__main__":

@@ -73,14 +73,19 @@ def test_a_damaged_file_is_refused_in_one_sentence_and_nothing_changes(folders, 
     assert snapshot(tmp_path / top) == before
 
 
-def test_a_damaged_budget_choice_is_refused_in_one_sentence(folders, tmp_path, capsys):
-    # config.json's budget_choice (the width and batch a budget picked) is read on resume:
-    # edited into something else, the resume is refused in one sentence, nothing changed.
+@pytest.mark.parametrize("choice", [{"filters": "wide"}, ["filters"],
+                                    {"filters": [8, 16, 16], "epochs": 90},
+                                    {"filters": [8, 16, 16], "lr": "fast"}])
+def test_a_damaged_budget_choice_is_refused_in_one_sentence(folders, tmp_path, capsys,
+                                                            choice):
+    # config.json's budget_choice (the width, batch and rates a budget picked) is read on
+    # resume: edited into something else (a setting it never chooses included), the resume
+    # is refused in one sentence, nothing changed.
     import json
     shutil.copytree(folders / "unfinished", tmp_path / "unfinished")
     config_path = tmp_path / "unfinished" / "config.json"
     config = json.loads(config_path.read_text())
-    config["budget_choice"] = {"filters": "wide"}
+    config["budget_choice"] = choice
     config_path.write_text(json.dumps(config))
     before = snapshot(tmp_path / "unfinished")
     assert main(["train", "--resume", str(tmp_path / "unfinished")]) == 2

@@ -604,9 +604,8 @@ def test_the_wider_network_takes_larger_batches_where_the_batch_is_the_recipes(
     # run, whose settings still say 128, keeps them.
     from cifarlab import train as train_module
     monkeypatch.setattr(train_module, "WIDE_BATCH", 64)
-    per_epoch, original = [], train_module.Pacer.__init__
-    monkeypatch.setattr(train_module.Pacer, "__init__", lambda self, cfg, n, *a, **k: (
-        per_epoch.append(n), original(self, cfg, n, *a, **k))[1])
+    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 1e9)  # the top stays out of reach
+    per_epoch = _counting_epoch_steps(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
     cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
     assert cfg.batch_size == 128
@@ -618,6 +617,83 @@ def test_the_wider_network_takes_larger_batches_where_the_batch_is_the_recipes(
     assert per_epoch == [6]
     train_run(cfg, out, data=dataset, verbose=False, resume=True)
     assert per_epoch == [6, 6]
+
+
+def _counting_epoch_steps(monkeypatch) -> list:
+    """The steps an epoch of each fit call takes, as its pacer is told."""
+    from cifarlab import train as train_module
+    per_epoch, original = [], train_module.Pacer.__init__
+    monkeypatch.setattr(train_module.Pacer, "__init__", lambda self, cfg, n, *a, **k: (
+        per_epoch.append(n), original(self, cfg, n, *a, **k))[1])
+    return per_epoch
+
+
+def _small_gpu_recipe(monkeypatch):
+    """The GPU recipe's network and batch scaled down to the tiny data (its rates as they
+    are), so the ladder's top is quick to measure and train here."""
+    from cifarlab.config import RECIPES
+    monkeypatch.setitem(RECIPES, "gpu94", {**RECIPES["gpu94"], "filters": (16, 48, 48),
+                                           "batch_size": 64})
+
+
+def test_a_budget_that_buys_the_gpu_recipes_network_its_epochs_trains_it_with_its_rates(
+        dataset, tmp_path, monkeypatch):
+    # The top of the ladder: where the settings are the recipe's own and the budget buys
+    # the GPU recipe's network WIDEST_FROM_EPOCHS, the run trains that network in its
+    # batches and with its rates, on the plan measured for it (not measured twice), and a
+    # resumed run keeps all of it.
+    from cifarlab import train as train_module
+    _small_gpu_recipe(monkeypatch)
+    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 1.0)
+    calls, per_epoch = _counting_plans(monkeypatch), _counting_epoch_steps(monkeypatch)
+    rates, original = [], train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer", lambda net, cfg: (
+        rates.append((cfg.lr, cfg.muon_lr, cfg.warmup)), original(net, cfg))[1])
+    recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
+    cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
+    out = tmp_path / "top"
+    interrupt_after_epoch_2(cfg, out, dataset)
+    config = json.loads((out / "config.json").read_text())
+    assert config["network"]["filters"] == [16, 48, 48]
+    assert config["budget_choice"] == {
+        "filters": [16, 48, 48], "batch_size": 64, "muon_lr": 0.24, "lr": 1.66,
+        "weight_decay": 0.0024, "bias_lr": 106.0, "warmup": 0.0, "whiten_bias": 0.375,
+        "progressive": 0.0}
+    assert len(calls) == 2  # the preset's width, then the top's, whose plan the run took
+    assert per_epoch == [6]  # 340 training images in batches of 64
+    assert rates[-1] == (1.66, 0.24, 0.0)  # the run trained with the GPU recipe's rates
+    result = train_run(cfg, out, data=dataset, verbose=False, resume=True)
+    assert per_epoch == [6, 6] and rates[-1] == (1.66, 0.24, 0.0)
+    assert result.metrics["status"] == "finished"
+    assert result.metrics["train_time_s"] < 6 * 1.3  # both probes counted in the budget
+
+
+def test_the_ladders_top_is_measured_only_where_it_can_pay(dataset, tmp_path, monkeypatch):
+    # Its own epochs below the line: measured, then the wider network's settings after all.
+    from cifarlab import train as train_module
+    _small_gpu_recipe(monkeypatch)
+    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 1e9)
+    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 0.0)
+    calls = _counting_plans(monkeypatch)
+    recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
+    cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "4s"}))
+    train_run(cfg, tmp_path / "wide", data=dataset, verbose=False)
+    config = json.loads((tmp_path / "wide" / "config.json").read_text())
+    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 384}
+    assert len(calls) == 3  # preset, top, and the wider network's own plan
+    # A rate you give keeps the ladder below its top: it was chosen for another network.
+    assert train_module.widest(dataclasses.replace(cfg, lr=0.4)) is None
+    assert train_module.widest(dataclasses.replace(cfg, batch_size=256)) is None
+    assert train_module.widest(dataclasses.replace(cfg, progressive=0.0)) is None
+    assert train_module.widest(cfg)["filters"] == (16, 48, 48)
+    # On a CPU its epochs cost about 5 of the preset's, so it is measured only from 8 x 4
+    # of those; on a GPU, whose small steps wait on kernel launches, always.
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 8.0)
+    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 4.0)
+    assert not train_module.widest_in_reach(cpu, 31.9)
+    assert train_module.widest_in_reach(cpu, 32.0)
+    assert train_module.widest_in_reach(gpu, 4.0)
 
 
 def test_a_short_budget_keeps_the_preset_width_and_measures_it_once(dataset, tmp_path,

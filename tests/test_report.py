@@ -183,7 +183,8 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     from cifarlab.report import Group, Results, Run, answer
 
     def run(seed, built, settings):
-        chosen = {"filters": list(built), "batch_size": 256} if built == wide else None
+        chosen = {"filters": list(built), "batch_size": 256} if built == wide else \
+            {"filters": list(built), "batch_size": 2000, "lr": 1.66} if built == top else None
         return Run(Path("r"), seed, {"settings": {"model": "fast", "batch_size": 128,
                                                   **settings},
                                      "network": {"filters": list(built)},
@@ -192,9 +193,10 @@ def test_a_budget_study_says_which_width_its_runs_trained():
                    [{"epoch": 1, "loss": 1.0, "accuracy": 0.8, "val_loss": 1.0,
                      "val_accuracy": 0.8}])
     budget = {"budget": "6m", "filters": None}
-    narrow, wide = (32, 64, 128), (32, 128, 128)
+    narrow, wide, top = (32, 64, 128), (32, 128, 128), (64, 256, 256)
     groups = [Group("short", [run(s, narrow, budget) for s in range(3)]),
               Group("long", [run(s, wide, budget) for s in range(3)]),
+              Group("longest", [run(s, top, budget) for s in range(3)]),
               Group("edge", [run(0, wide, budget), run(1, narrow, budget), run(2, wide, budget)]),
               Group("given", [run(s, wide, {"budget": "6m", "filters": list(wide)})
                               for s in range(3)]),
@@ -205,6 +207,9 @@ def test_a_budget_study_says_which_width_its_runs_trained():
         "long trained 32-128-128 filters in batches of 256, not its preset's 32-64-128: its "
         "budget buys enough steps for the wider network (give filters to choose the width "
         "yourself).",
+        "longest trained 64-256-256 filters in batches of 2000 with the GPU recipe's rates, "
+        "not its preset's 32-64-128: its budget buys enough steps for the wider network "
+        "(give filters to choose the width yourself).",
         "The runs of edge trained different widths (1 of 3 runs 32-64-128, 2 of 3 runs "
         "32-128-128): its budget chose the width run by run from this machine's speed, so "
         "its spread mixes two networks; give it filters to fix the width."]

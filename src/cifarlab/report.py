@@ -470,9 +470,10 @@ def _width_notes(g: Group) -> list[str]:
         batch = chosen.get("batch_size")
         batch = f" in batches of {batch}" if batch and batch != settings.get("batch_size") \
             else ""
-        return [f"{g.name} trained {_dashed(next(iter(counts)))} filters{batch}, not its "
-                f"preset's {_dashed(preset)}: its budget buys enough steps for the wider network "
-                "(give filters to choose the width yourself)."]
+        rates = " with the GPU recipe's rates" if "lr" in chosen else ""
+        return [f"{g.name} trained {_dashed(next(iter(counts)))} filters{batch}{rates}, not "
+                f"its preset's {_dashed(preset)}: its budget buys enough steps for the wider "
+                "network (give filters to choose the width yourself)."]
     return []
 
 

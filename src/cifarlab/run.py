@@ -28,8 +28,8 @@ from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
-                    WIDE_FROM_EPOCHS, prepare_model, resolve_device, run_precision,
-                    width_for_budget)
+                    WIDE_FROM_EPOCHS, WIDEST_FROM_EPOCHS, WIDEST_SETTINGS, prepare_model,
+                    resolve_device, run_precision, width_for_budget)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -145,7 +145,9 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     net = _network(built, dataset, train_b, group, state)
     plan, measuring_s = None, 0.0
     if not resume:
-        wide, plan, measuring_s = width_for_budget(net, train_b, val_b, cfg, group)
+        wide, plan, measuring_s = width_for_budget(
+            net, train_b, val_b, cfg, group,
+            build=lambda settings: _network(settings, dataset, train_b, group, None))
         if wide is not None:
             built = dataclasses.replace(cfg, **wide)
             train_b = train_b.in_batches_of(built.batch_size)  # the images stay where they are
@@ -162,12 +164,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         if verbose:
             _announce(built, net, dataset, train, val, device, out, state)
             if built.filters != cfg.filters:
-                batch = f" in batches of {built.batch_size}" \
-                    if built.batch_size != cfg.batch_size else ""
-                print(f"Filters {'-'.join(map(str, built.filters))}{batch}: the budget "
-                      f"{cfg.budget} buys the preset's width {WIDE_FROM_EPOCHS:g} epochs or "
-                      "more here, where the wider network learns more (--filters sets the "
-                      "width yourself).", flush=True)
+                print(_width_line(cfg, built), flush=True)
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
@@ -181,7 +178,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             rundir.atomic_write(out / "history.csv", rundir.history_csv(st["history"]))
 
         try:
-            result = fit(net, train_b, val_b, cfg, on_epoch_end=save_epoch, verbose=verbose,
+            result = fit(net, train_b, val_b, built, on_epoch_end=save_epoch, verbose=verbose,
                          checkpoint=save_checkpoint if main else None, resume=state,
                          stop_requested=signalled, group=group, plan=plan,
                          spent_before=measuring_s)
@@ -290,15 +287,34 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
     return net
 
 
+def _width_line(cfg: RunConfig, built: RunConfig) -> str:
+    """The run's opening line about the network its budget chose (train.width_for_budget)."""
+    batch = f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else ""
+    if built.lr != cfg.lr:
+        return (f"Filters {'-'.join(map(str, built.filters))}{batch} with the GPU recipe's "
+                f"rates (--recipe gpu94): the budget {cfg.budget} buys that network "
+                f"{WIDEST_FROM_EPOCHS:g} epochs or more here, where it learns the most "
+                "(--filters sets the width yourself).")
+    return (f"Filters {'-'.join(map(str, built.filters))}{batch}: the budget {cfg.budget} "
+            f"buys the preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the "
+            "wider network learns more (--filters sets the width yourself).")
+
+
 def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
-    """A resumed run's settings with the filters and batch it was built and trained with,
-    which a budget may have chosen (train.width_for_budget) rather than the settings."""
+    """A resumed run's settings with the network, batch and rates it was built and trained
+    with, which a budget may have chosen (train.width_for_budget) rather than the settings."""
     config = rundir.load_run(out)["config"]
     chosen = config.get("budget_choice")
     if chosen:
         try:
-            return dataclasses.replace(cfg, filters=tuple(int(n) for n in chosen["filters"]),
-                                       batch_size=int(chosen["batch_size"]))
+            if not isinstance(chosen, dict) or set(chosen) - set(WIDEST_SETTINGS) or \
+                    "filters" not in chosen:
+                raise KeyError("budget_choice")
+            # the filters, the batch and the rates (all numbers)
+            changes = {name: tuple(int(n) for n in value) if name == "filters" else
+                       int(value) if name == "batch_size" else float(value)
+                       for name, value in chosen.items()}
+            return dataclasses.replace(cfg, **changes)
         except (TypeError, KeyError, ValueError):
             raise CifarlabError(f"{out / 'config.json'} has a damaged budget_choice (it "
                                 "should name filters and batch_size); the run cannot be "
@@ -321,12 +337,21 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
         "labels": labels or {},
-        "budget_choice": {"filters": list(built.filters), "batch_size": built.batch_size}
-        if built is not None and built != cfg else None,
+        "budget_choice": _choice_record(cfg, built) if built is not None and built != cfg
+        else None,
         "distributed": distributed.describe(group) if group is not None else None,
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
+
+
+def _choice_record(cfg: RunConfig, built: RunConfig) -> dict:
+    """config.json's budget_choice: the filters and batch a budget chose, and any rates it
+    changed with them (train.widest)."""
+    record = {"filters": list(built.filters), "batch_size": built.batch_size}
+    record.update({name: getattr(built, name) for name in WIDEST_SETTINGS
+                   if name not in record and getattr(built, name) != getattr(cfg, name)})
+    return record
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import machine, models, normstats
 from .augment import parse as parse_augment
-from .config import RECIPES, RunConfig, parse_budget
+from .config import RECIPES, RunConfig, parse_budget, with_recipe
 from .data import IMAGE_SIZE
 from .early_stopping import EarlyStopping, parse_spec
 from .errors import CifarlabError
@@ -958,22 +958,42 @@ WIDE_FROM_EPOCHS = 4.0
 # same time at 384). 384 is at the top with more steps than 512 at shorter budgets.
 WIDE_BATCH = 384
 
+# The ladder's top: the GPU recipe's network and training (64-256-256 in batches of 2,000,
+# its rates; RECIPES["gpu94"]), where the budget buys it at least its own 8 epochs. There it
+# scored 0.909 (H200, 3 seeds; 0.9075 on a CPU), above every fast-recipe run at any budget
+# (best 0.8905 in 25 minutes), and 12 and 16 epochs gave 0.916 and 0.919 (H200).
+WIDEST_FROM_EPOCHS = 8.0
+# The settings the top of the ladder takes from the GPU recipe: its training, not its
+# evaluation (the fast recipe's cheaper test-time views score the same: benchmarks/README.md)
+WIDEST_SETTINGS = ("filters", "batch_size", "muon_lr", "lr", "weight_decay", "bias_lr",
+                   "warmup", "whiten_bias", "progressive")
+# On a CPU, steps are bound by arithmetic: an epoch of the widest network costs about 5x one
+# of the preset's (2-core AVX-512 CPU, bf16: 76 s against 14.6 s). Below 8 x 4 epochs of the
+# preset it cannot reach its 8, so it is not measured there (its probe takes ~12 s of a
+# CPU's budget). On a GPU the preset's small steps are bound by kernel launches (an H200
+# epoch took 3.2-3.7 s for the preset, 0.25 s for the GPU recipe's batches of 2,000), so
+# the widest network is measured whenever the wider one is chosen.
+WIDEST_CPU_COST = 4.0
+
 
 def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
-                     group=None) -> tuple[dict | None, Plan | None, float]:
+                     group=None, build: Callable[[RunConfig], nn.Module] | None = None
+                     ) -> tuple[dict | None, Plan | None, float]:
     """For a budget run of the fast network whose filters were not given: the settings to
-    train the wider network with instead ({"filters": ..., "batch_size": ...}, see
-    `wider`), or None to keep `net` (the preset's 32-64-128), with the plan measured for
-    `net` (fit takes it when the width stays) and the seconds the measuring took (counted
-    against the budget either way).
+    train a wider network with instead (`wider` or `widest`), or None to keep `net` (the
+    preset's 32-64-128), with the plan measured for the network chosen where one was
+    (fit takes it) and the seconds the measuring took (counted against the budget either
+    way). `build(settings)` makes a network, for measuring the widest one.
 
-    The wider network takes fewer steps from the same time and pays only when the budget is
+    A wider network takes fewer steps from the same time and pays only when the budget is
     long. Measured with paired seeds on a 2-core native-bf16 CPU (benchmarks/README.md, ninth
     sitting), 32-128-128 in batches of 384 against the recipe's 32-64-128 in batches of 128:
     -0.27 points (-0.66 to +0.33) where the narrow network gets 2.4 epochs (90 s), +1.36
     (+0.70 to +1.71) at 5.3 epochs (3 minutes); at 10 (6 minutes) +0.82 for the width in
     batches of 128 and +0.77 more for the batch. So the budget is judged in epochs of the
-    recipe's width on this machine, the line at 4, between the two shortest.
+    recipe's width on this machine, the line at 4, between the two shortest. Above it, where
+    the settings are the recipe's own, the GPU recipe's network is measured too and taken
+    where the budget buys it WIDEST_FROM_EPOCHS (see there).
 
     With --compile the width is judged uncompiled: compiling belongs to the run (before its
     clock starts, compile_model), not to a measurement the budget pays for, and the fast
@@ -981,13 +1001,34 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     then makes its own plan, compiled."""
     if not (cfg.budget and cfg.model == "fast" and cfg.filters is None):
         return None, None, 0.0
+    uncompiled = dataclasses.replace(cfg, compile=False)
     steps = steps_per_epoch(train, group)
-    plan = plan_steps(net, train, val, dataclasses.replace(cfg, compile=False), steps, group)
-    wide = plan.steps / steps >= WIDE_FROM_EPOCHS
-    if group is not None:  # every process takes rank 0's choice
-        wide = group.broadcast(wide)
-    keep = None if wide or cfg.compile else plan
-    return (wider(cfg) if wide else None), keep, plan.measuring_s
+    plan = plan_steps(net, train, val, uncompiled, steps, group)
+    epochs = _agreed(plan.steps / steps, group)
+    if epochs < WIDE_FROM_EPOCHS:
+        return None, (None if cfg.compile else plan), plan.measuring_s
+    top = widest(cfg)
+    if top is None or build is None or not widest_in_reach(train.y.device, epochs):
+        return wider(cfg), None, plan.measuring_s
+    big = dataclasses.replace(uncompiled, **top)
+    batches = train.in_batches_of(big.batch_size)
+    steps = steps_per_epoch(batches, group)
+    top_plan = plan_steps(build(big), batches, val, big, steps, group, plan.measuring_s)
+    if _agreed(top_plan.steps / steps, group) < WIDEST_FROM_EPOCHS:
+        return wider(cfg), None, top_plan.measuring_s
+    return top, (None if cfg.compile else top_plan), top_plan.measuring_s
+
+
+def widest_in_reach(device: torch.device, preset_epochs: float) -> bool:
+    """Whether the widest network could get WIDEST_FROM_EPOCHS from a budget that buys the
+    preset's network `preset_epochs` on `device`: always possible on a GPU, only from
+    WIDEST_CPU_COST times as many on a CPU (see there)."""
+    return device.type != "cpu" or preset_epochs >= WIDEST_FROM_EPOCHS * WIDEST_CPU_COST
+
+
+def _agreed(epochs: float, group) -> float:
+    """Rank 0's measurement, which every process of a data-parallel run takes."""
+    return group.broadcast(epochs) if group is not None else epochs
 
 
 def wider(cfg: RunConfig) -> dict:
@@ -997,6 +1038,19 @@ def wider(cfg: RunConfig) -> dict:
     recipe_batch = RECIPES.get(cfg.recipe or "", {}).get("batch_size")
     batch = WIDE_BATCH if cfg.batch_size == recipe_batch else cfg.batch_size
     return {"filters": WIDE_FILTERS, "batch_size": batch}
+
+
+def widest(cfg: RunConfig) -> dict | None:
+    """The settings of the ladder's top (WIDEST_SETTINGS from the GPU recipe), or None
+    where `cfg` changes any of them from its recipe's own: a rate or batch you give was
+    chosen for the network you asked for, and would not fit the GPU recipe's."""
+    if cfg.recipe not in RECIPES:
+        return None
+    own, top = RunConfig(**with_recipe({"recipe": cfg.recipe})), \
+        RunConfig(**with_recipe({"recipe": "gpu94"}))
+    if any(getattr(cfg, name) != getattr(own, name) for name in WIDEST_SETTINGS):
+        return None
+    return {name: getattr(top, name) for name in WIDEST_SETTINGS}
 
 
 def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
