@@ -289,15 +289,15 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
 
 def _width_line(cfg: RunConfig, built: RunConfig) -> str:
     """The run's opening line about the network its budget chose (train.width_for_budget)."""
-    batch = f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else ""
-    if built.lr != cfg.lr:
-        return (f"Filters {'-'.join(map(str, built.filters))}{batch} with the GPU recipe's "
-                f"rates (--recipe gpu94): the budget {cfg.budget} buys that network "
-                f"{WIDEST_FROM_EPOCHS:g} epochs or more here, where it learns the most "
-                "(--filters sets the width yourself).")
-    return (f"Filters {'-'.join(map(str, built.filters))}{batch}: the budget {cfg.budget} "
-            f"buys the preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the "
-            "wider network learns more (--filters sets the width yourself).")
+    chosen = "Filters " + "-".join(map(str, built.filters)) + (
+        f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else "")
+    if built.lr != cfg.lr:  # only the ladder's top changes the rates (train.widest)
+        return (f"{chosen} with the GPU recipe's rates (--recipe gpu94): the budget "
+                f"{cfg.budget} buys that network {WIDEST_FROM_EPOCHS:g} epochs or more here, "
+                "where it learns the most (--filters sets the width yourself).")
+    return (f"{chosen}: the budget {cfg.budget} buys the preset's width "
+            f"{WIDE_FROM_EPOCHS:g} epochs or more here, where the wider network learns more "
+            "(--filters sets the width yourself).")
 
 
 def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
@@ -317,7 +317,8 @@ def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
             return dataclasses.replace(cfg, **changes)
         except (TypeError, KeyError, ValueError):
             raise CifarlabError(f"{out / 'config.json'} has a damaged budget_choice (it "
-                                "should name filters and batch_size); the run cannot be "
+                                "should name filters, batch_size and any rates the "
+                                "budget chose); the run cannot be "
                                 "resumed, so start a new one") from None
     network = config.get("network") or {}  # a run from before the batch was chosen too
     if cfg.filters is None and network.get("filters"):
@@ -328,7 +329,8 @@ def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
 def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
                   built: RunConfig | None = None) -> None:
     """config.json: the settings as given (`cfg`) and the network as built from `built`
-    (the same settings, or with the filters and batch a budget chose: `budget_choice`)."""
+    (the same settings, or with the filters, batch and rates a budget chose:
+    `budget_choice`)."""
     net_cfg = dataclasses.replace((built or cfg).net_config(), num_classes=dataset.num_classes)
     trainable, stats = models.count_parameters(net)
     rundir.write_json(out / "config.json", {

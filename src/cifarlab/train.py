@@ -1035,8 +1035,9 @@ def wider(cfg: RunConfig) -> dict:
     """The settings the budget changes when it picks the wider network: its filters, and
     its batch where the batch is the recipe's own (one given, or a recipe's other batch,
     stays; --filters keeps both as they are)."""
-    recipe_batch = RECIPES.get(cfg.recipe or "", {}).get("batch_size")
-    batch = WIDE_BATCH if cfg.batch_size == recipe_batch else cfg.batch_size
+    own = _recipe(cfg.recipe)
+    batch = WIDE_BATCH if own is not None and cfg.batch_size == own.batch_size \
+        else cfg.batch_size
     return {"filters": WIDE_FILTERS, "batch_size": batch}
 
 
@@ -1044,13 +1045,17 @@ def widest(cfg: RunConfig) -> dict | None:
     """The settings of the ladder's top (WIDEST_SETTINGS from the GPU recipe), or None
     where `cfg` changes any of them from its recipe's own: a rate or batch you give was
     chosen for the network you asked for, and would not fit the GPU recipe's."""
-    if cfg.recipe not in RECIPES:
+    own = _recipe(cfg.recipe)
+    if own is None or any(getattr(cfg, name) != getattr(own, name)
+                          for name in WIDEST_SETTINGS):
         return None
-    own, top = RunConfig(**with_recipe({"recipe": cfg.recipe})), \
-        RunConfig(**with_recipe({"recipe": "gpu94"}))
-    if any(getattr(cfg, name) != getattr(own, name) for name in WIDEST_SETTINGS):
-        return None
+    top = _recipe("gpu94")
     return {name: getattr(top, name) for name in WIDEST_SETTINGS}
+
+
+def _recipe(name: str | None) -> RunConfig | None:
+    """A recipe's own settings (its defaults over RunConfig's), or None for no recipe."""
+    return RunConfig(**with_recipe({"recipe": name})) if name in RECIPES else None
 
 
 def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
