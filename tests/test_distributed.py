@@ -83,12 +83,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, tmp_p
         train_run(RunConfig(**SETTINGS, data=str(data_dir)), single, verbose=False)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
-    work = tmp_path / "work"
+    work, scratch = tmp_path / "work", tmp_path / "tmp"
     work.mkdir()
+    scratch.mkdir()
     # one thread per process on any machine (else cores // 2 each: rounding would differ)
     done = cifarlab(["train", "--nproc", "2", *flags(data_dir)], cwd=work,
-                    env={"CIFARLAB_THREADS": "1"})
+                    env={"CIFARLAB_THREADS": "1", "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list(scratch.iterdir()) == []  # nothing of the job's, nor torchrun's, left behind
     runs = list((work / "runs").iterdir())
     assert len(runs) == 1 and list(work.iterdir()) == [work / "runs"]  # rank 0 alone writes
     a, b = load_file(single / "model.safetensors"), load_file(runs[0] / "model.safetensors")

@@ -193,8 +193,11 @@ def launch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "cifarlab.torchrun_loopback", "--nnodes=1",
            f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
            f"--rdzv-endpoint={LOOPBACK}:0", f"--rdzv-id={uuid.uuid4().hex}",
-           f"--local-addr={LOOPBACK}", "-m", "cifarlab", *argv]
+           f"--local-addr={LOOPBACK}"]
     with tempfile.TemporaryDirectory(prefix="cifarlab-ddp-") as tmp:
+        # torchrun's agent keeps its per-worker files under a log directory it never removes
+        # (by default a new /tmp/torchelastic_* each job): here it lives and goes with ours.
+        cmd += [f"--log-dir={os.path.join(tmp, 'torchrun')}", "-m", "cifarlab", *argv]
         env[ERROR_FILE] = os.path.join(tmp, "error")
         try:
             # torchrun's stderr is held back: on bad input it adds a traceback banner per
