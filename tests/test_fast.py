@@ -597,26 +597,65 @@ def test_a_long_budget_trains_the_wider_network_and_a_resumed_run_keeps_it(
         sum(p.numel() for p in result.net.parameters())
 
 
-def test_the_wider_network_takes_larger_batches_where_the_batch_is_the_recipes(
+def test_the_wider_network_takes_its_own_batch_and_rates_where_the_training_is_the_recipes(
         dataset, tmp_path, monkeypatch):
-    # The recipe's own batch (128, not given): the budget's wider network trains in batches
-    # of WIDE_BATCH (64 here, for 340 images: 6 steps an epoch instead of 3), and a resumed
-    # run, whose settings still say 128, keeps them.
+    # The recipe's own training (nothing given): the budget's wider network trains in
+    # WIDE_TRAINING's batches (64 here, for 340 images: 6 steps an epoch instead of 3) with
+    # its rates, and a resumed run, whose settings still say batch 128 and the recipe's
+    # rates, keeps them.
     from cifarlab import train as train_module
-    monkeypatch.setattr(train_module, "WIDE_BATCH", 64)
+    monkeypatch.setitem(train_module.WIDE_TRAINING, "batch_size", 64)
     monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 1e9)  # the top stays out of reach
-    per_epoch = _counting_epoch_steps(monkeypatch)
+    per_epoch, rates = _counting_epoch_steps(monkeypatch), _counting_rates(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
     cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
-    assert cfg.batch_size == 128
+    assert (cfg.batch_size, cfg.lr, cfg.muon_lr, cfg.warmup) == (128, 0.5, 0.12, 0.2)
     out = tmp_path / "wide"
     interrupt_after_epoch_2(cfg, out, dataset)
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["batch_size"] == 128
-    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 64}
-    assert per_epoch == [6]
+    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 64,
+                                       "muon_lr": 0.16, "lr": 0.8, "warmup": 0.0,
+                                       "whiten_bias": 0.375}
+    assert per_epoch == [6] and rates[-1] == (0.8, 0.16, 0.0)
     train_run(cfg, out, data=dataset, verbose=False, resume=True)
-    assert per_epoch == [6, 6]
+    assert per_epoch == [6, 6] and rates[-1] == (0.8, 0.16, 0.0)
+    # Where the budget buys the preset fewer epochs, the wider network keeps the recipe's
+    # rates in batches of WIDE_BATCH: fewer, larger steps lost there.
+    assert train_module.wider(cfg, 6.9) == {"filters": (32, 128, 128), "batch_size": 384}
+    assert train_module.wider(cfg, 7.0)["muon_lr"] == 0.16
+    # A batch or rate you give stays, and so do the recipe's others: only the width changes.
+    for given in ({"batch_size": 256}, {"lr": 0.4}, {"warmup": 0.1}):
+        for epochs in (5.0, 10.0):
+            assert train_module.wider(dataclasses.replace(cfg, **given), epochs) == {
+                "filters": (32, 128, 128)}
+
+
+def test_the_opening_line_names_the_width_batch_and_rates_the_budget_chose():
+    from cifarlab import train as train_module
+    from cifarlab.run import _width_line
+    cfg = RunConfig(**with_recipe({"recipe": "fast", "budget": "6m"}))
+    wide = dataclasses.replace(cfg, **train_module.wider(cfg, 10.0))
+    assert _width_line(cfg, wide) == (
+        "Filters 32-128-128 in batches of 512 (--muon-lr 0.16 --lr 0.8 --warmup 0 "
+        "--whiten-bias 0.375): the budget 6m buys the preset's width 4 epochs or more here, "
+        "where the wider network learns more (--filters sets the width yourself).")
+    given = dataclasses.replace(cfg, batch_size=256)
+    assert _width_line(given, dataclasses.replace(given, **train_module.wider(given, 10.0))) \
+        .startswith("Filters 32-128-128: the budget 6m buys")
+    top = dataclasses.replace(cfg, **train_module.widest(cfg))
+    assert _width_line(cfg, top).startswith(
+        "Filters 64-256-256 in batches of 2000 with the GPU recipe's rates (--recipe gpu94): "
+        "the budget 6m buys that network 8 epochs or more here")
+
+
+def _counting_rates(monkeypatch) -> list:
+    """(lr, muon_lr, warmup) of each optimiser made."""
+    from cifarlab import train as train_module
+    rates, original = [], train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer", lambda net, cfg: (
+        rates.append((cfg.lr, cfg.muon_lr, cfg.warmup)), original(net, cfg))[1])
+    return rates
 
 
 def _counting_epoch_steps(monkeypatch) -> list:
@@ -646,9 +685,7 @@ def test_a_budget_that_buys_the_gpu_recipes_network_its_epochs_trains_it_with_it
     _small_gpu_recipe(monkeypatch)
     monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 1.0)
     calls, per_epoch = _counting_plans(monkeypatch), _counting_epoch_steps(monkeypatch)
-    rates, original = [], train_module.make_optimizer
-    monkeypatch.setattr(train_module, "make_optimizer", lambda net, cfg: (
-        rates.append((cfg.lr, cfg.muon_lr, cfg.warmup)), original(net, cfg))[1])
+    rates = _counting_rates(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
     cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
     out = tmp_path / "top"
@@ -679,7 +716,8 @@ def test_the_ladders_top_is_measured_only_where_it_can_pay(dataset, tmp_path, mo
     cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "4s"}))
     train_run(cfg, tmp_path / "wide", data=dataset, verbose=False)
     config = json.loads((tmp_path / "wide" / "config.json").read_text())
-    assert config["budget_choice"] == {"filters": [32, 128, 128], "batch_size": 384}
+    assert config["budget_choice"] == {"filters": [32, 128, 128],
+                                       **train_module.WIDE_TRAINING}
     assert len(calls) == 3  # preset, top, and the wider network's own plan
     # A rate you give keeps the ladder below its top: it was chosen for another network.
     assert train_module.widest(dataclasses.replace(cfg, lr=0.4)) is None

@@ -183,7 +183,7 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     from cifarlab.report import Group, Results, Run, answer
 
     def run(seed, built, settings):
-        chosen = {"filters": list(built), "batch_size": 256} if built == wide else \
+        chosen = {"filters": list(built), "batch_size": 512, "lr": 0.8} if built == wide else \
             {"filters": list(built), "batch_size": 2000, "lr": 1.66} if built == top else None
         return Run(Path("r"), seed, {"settings": {"model": "fast", "batch_size": 128,
                                                   **settings},
@@ -204,9 +204,9 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     text = answer(Results("t", groups, "short", {}))
     notes = [t for t in text if "width" in t or "filters" in t]
     assert notes == [
-        "long trained 32-128-128 filters in batches of 256, not its preset's 32-64-128: its "
-        "budget buys enough steps for the wider network (give filters to choose the width "
-        "yourself).",
+        "long trained 32-128-128 filters in batches of 512 with the wider network's rates, "
+        "not its preset's 32-64-128: its budget buys enough steps for the wider network "
+        "(give filters to choose the width yourself).",
         "longest trained 64-256-256 filters in batches of 2000 with the GPU recipe's rates, "
         "not its preset's 32-64-128: its budget buys enough steps for the wider network "
         "(give filters to choose the width yourself).",

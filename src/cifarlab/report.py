@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import rundir, stats
+from .config import RECIPES
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
 
@@ -470,7 +471,9 @@ def _width_notes(g: Group) -> list[str]:
         batch = chosen.get("batch_size")
         batch = f" in batches of {batch}" if batch and batch != settings.get("batch_size") \
             else ""
-        rates = " with the GPU recipe's rates" if "lr" in chosen else ""
+        rates = "" if "lr" not in chosen else " with the GPU recipe's rates" \
+            if chosen.get("filters") == list(RECIPES["gpu94"]["filters"]) \
+            else " with the wider network's rates"
         return [f"{g.name} trained {_dashed(next(iter(counts)))} filters{batch}{rates}, not "
                 f"its preset's {_dashed(preset)}: its budget buys enough steps for the wider "
                 "network (give filters to choose the width yourself)."]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
-from .config import RunConfig
+from .config import RECIPES, RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
@@ -291,13 +291,17 @@ def _width_line(cfg: RunConfig, built: RunConfig) -> str:
     """The run's opening line about the network its budget chose (train.width_for_budget)."""
     chosen = "Filters " + "-".join(map(str, built.filters)) + (
         f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else "")
-    if built.lr != cfg.lr:  # only the ladder's top changes the rates (train.widest)
+    if built.filters == RECIPES["gpu94"]["filters"]:  # the ladder's top (train.widest)
         return (f"{chosen} with the GPU recipe's rates (--recipe gpu94): the budget "
                 f"{cfg.budget} buys that network {WIDEST_FROM_EPOCHS:g} epochs or more here, "
                 "where it learns the most (--filters sets the width yourself).")
-    return (f"{chosen}: the budget {cfg.budget} buys the preset's width "
-            f"{WIDE_FROM_EPOCHS:g} epochs or more here, where the wider network learns more "
-            "(--filters sets the width yourself).")
+    rates = " ".join(f"--{name.replace('_', '-')} {getattr(built, name):g}"
+                     for name in WIDEST_SETTINGS
+                     if name not in ("filters", "batch_size")
+                     and getattr(built, name) != getattr(cfg, name))
+    return (f"{chosen}{f' ({rates})' if rates else ''}: the budget {cfg.budget} buys the "
+            f"preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the wider "
+            "network learns more (--filters sets the width yourself).")
 
 
 def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
@@ -349,7 +353,7 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
 
 def _choice_record(cfg: RunConfig, built: RunConfig) -> dict:
     """config.json's budget_choice: the filters and batch a budget chose, and any rates it
-    changed with them (train.widest)."""
+    changed with them (train.wider, train.widest)."""
     record = {"filters": list(built.filters), "batch_size": built.batch_size}
     record.update({name: getattr(built, name) for name in WIDEST_SETTINGS
                    if name not in record and getattr(built, name) != getattr(cfg, name)})

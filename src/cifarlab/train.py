@@ -950,13 +950,21 @@ def steps_per_epoch(train: Batches, group=None) -> int:
 
 WIDE_FILTERS = (32, 128, 128)
 WIDE_FROM_EPOCHS = 4.0
-# The wider network's batch, where the batch is the recipe's own. On a 2-core AVX-512 CPU
-# at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each; benchmarks/README.md)
-# 32-128-128 scored 0.8731 in batches of 128, 0.8783 of 256, 0.8808 of 384, 0.8815 of 512
-# and 0.8785 of 768 (2 seeds): larger batches share Muon's per-step cost, larger for the
-# wide filter banks, among more images and keep the CPU busier (12% more images in the
-# same time at 384). 384 is at the top with more steps than 512 at shorter budgets.
+# The wider network's batch where the training is the recipe's own (none of it given). On a
+# 2-core AVX-512 CPU at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each;
+# benchmarks/README.md, ninth sitting) 32-128-128 scored 0.8731 in batches of 128, 0.8783
+# of 256, 0.8808 of 384, 0.8815 of 512 and 0.8785 of 768 (2 seeds): larger batches share
+# Muon's per-step cost, larger for the wide filter banks, among more images and keep the
+# CPU busier (12% more images in the same time at 384).
 WIDE_BATCH = 384
+# Longer budgets, from WIDE_TRAINING_FROM_EPOCHS of the preset's epochs, train it with
+# fewer, larger steps and rates to match, towards the GPU recipe's (whose last two these
+# are). Same CPU, same 140 s budgets (eleventh sitting): +0.19 points over batches of 384
+# (10 seeds, 8 ahead, paired t = 2.5, p = 0.03); at 72 s, where the preset gets about 4.7
+# epochs, -0.17 (3 seeds, p = 0.2). The line lies between those and 9.5 epochs (140 s).
+WIDE_TRAINING = {"batch_size": 512, "muon_lr": 0.16, "lr": 0.8, "warmup": 0.0,
+                 "whiten_bias": 0.375}
+WIDE_TRAINING_FROM_EPOCHS = 7.0
 
 # The ladder's top: the GPU recipe's network and training (64-256-256 in batches of 2,000,
 # its rates; RECIPES["gpu94"]), where the budget buys it at least its own 8 epochs. There it
@@ -991,9 +999,10 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     -0.27 points (-0.66 to +0.33) where the narrow network gets 2.4 epochs (90 s), +1.36
     (+0.70 to +1.71) at 5.3 epochs (3 minutes); at 10 (6 minutes) +0.82 for the width in
     batches of 128 and +0.77 more for the batch. So the budget is judged in epochs of the
-    recipe's width on this machine, the line at 4, between the two shortest. Above it, where
-    the settings are the recipe's own, the GPU recipe's network is measured too and taken
-    where the budget buys it WIDEST_FROM_EPOCHS (see there).
+    recipe's width on this machine, the line at 4, between the two shortest; from 7 the
+    wider network takes larger batches and rates (WIDE_TRAINING). Above the line, where the
+    settings are the recipe's own, the GPU recipe's network is measured too and taken where
+    the budget buys it WIDEST_FROM_EPOCHS (see there).
 
     With --compile the width is judged uncompiled: compiling belongs to the run (before its
     clock starts, compile_model), not to a measurement the budget pays for, and the fast
@@ -1009,13 +1018,13 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
         return None, (None if cfg.compile else plan), plan.measuring_s
     top = widest(cfg)
     if top is None or build is None or not widest_in_reach(train.y.device, epochs):
-        return wider(cfg), None, plan.measuring_s
+        return wider(cfg, epochs), None, plan.measuring_s
     big = dataclasses.replace(uncompiled, **top)
     batches = train.in_batches_of(big.batch_size)
     steps = steps_per_epoch(batches, group)
     top_plan = plan_steps(build(big), batches, val, big, steps, group, plan.measuring_s)
     if _agreed(top_plan.steps / steps, group) < WIDEST_FROM_EPOCHS:
-        return wider(cfg), None, top_plan.measuring_s
+        return wider(cfg, epochs), None, top_plan.measuring_s
     return top, (None if cfg.compile else top_plan), top_plan.measuring_s
 
 
@@ -1031,26 +1040,34 @@ def _agreed(epochs: float, group) -> float:
     return group.broadcast(epochs) if group is not None else epochs
 
 
-def wider(cfg: RunConfig) -> dict:
+def wider(cfg: RunConfig, preset_epochs: float) -> dict:
     """The settings the budget changes when it picks the wider network: its filters, and
-    its batch where the batch is the recipe's own (one given, or a recipe's other batch,
-    stays; --filters keeps both as they are)."""
-    own = _recipe(cfg.recipe)
-    batch = WIDE_BATCH if own is not None and cfg.batch_size == own.batch_size \
-        else cfg.batch_size
-    return {"filters": WIDE_FILTERS, "batch_size": batch}
+    where the training is the recipe's own, its batch (WIDE_BATCH), and for a budget that
+    buys the preset `preset_epochs` from WIDE_TRAINING_FROM_EPOCHS on, its batch and rates
+    (WIDE_TRAINING). A batch or rate you give was chosen for the network you asked for: it
+    stays, and so do the recipe's others."""
+    if not _own_training(cfg):
+        return {"filters": WIDE_FILTERS}
+    if preset_epochs < WIDE_TRAINING_FROM_EPOCHS:
+        return {"filters": WIDE_FILTERS, "batch_size": WIDE_BATCH}
+    return {"filters": WIDE_FILTERS, **WIDE_TRAINING}
 
 
 def widest(cfg: RunConfig) -> dict | None:
     """The settings of the ladder's top (WIDEST_SETTINGS from the GPU recipe), or None
     where `cfg` changes any of them from its recipe's own: a rate or batch you give was
     chosen for the network you asked for, and would not fit the GPU recipe's."""
-    own = _recipe(cfg.recipe)
-    if own is None or any(getattr(cfg, name) != getattr(own, name)
-                          for name in WIDEST_SETTINGS):
+    if not _own_training(cfg):
         return None
     top = _recipe("gpu94")
     return {name: getattr(top, name) for name in WIDEST_SETTINGS}
+
+
+def _own_training(cfg: RunConfig) -> bool:
+    """Whether `cfg` trains as its recipe does: none of WIDEST_SETTINGS given otherwise."""
+    own = _recipe(cfg.recipe)
+    return own is not None and all(getattr(cfg, name) == getattr(own, name)
+                                   for name in WIDEST_SETTINGS)
 
 
 def _recipe(name: str | None) -> RunConfig | None:
