@@ -961,7 +961,8 @@ WIDE_BATCH = 384
 # fewer, larger steps and rates to match, towards the GPU recipe's (whose last two these
 # are). Same CPU, same 140 s budgets (eleventh sitting): +0.19 points over batches of 384
 # (10 seeds, 8 ahead, paired t = 2.5, p = 0.03); at 72 s, where the preset gets about 4.7
-# epochs, -0.17 (3 seeds, p = 0.2). The line lies between those and 9.5 epochs (140 s).
+# epochs, -0.14 (6 seeds, none ahead by more than 0.01, p = 0.07). The line lies between
+# those and 9.5 epochs (140 s).
 WIDE_TRAINING = {"batch_size": 512, "muon_lr": 0.16, "lr": 0.8, "warmup": 0.0,
                  "whiten_bias": 0.375}
 WIDE_TRAINING_FROM_EPOCHS = 7.0
