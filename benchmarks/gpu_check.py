@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifarlab.config import RECIPES
+from cifarlab.train import is_widest
 
 GPU94_SEEDS = 3
 GPU94_GOAL = 0.94  # mean test accuracy of the GPU recipe (issue 14: in <= 2.0 s on an H200)
@@ -106,9 +106,9 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
     if images:
         figures += f", {images / steps_s:,.0f} images/s in the steps"
     if chosen:
-        top = chosen["filters"] == list(RECIPES["gpu94"]["filters"])
         rates = "" if "lr" not in chosen else \
-            " with gpu94's rates" if top else " with the wider network's rates"
+            " with gpu94's rates" if is_widest(chosen["filters"]) else \
+            " with the wider network's rates"
         figures += (f", the budget chose {'-'.join(map(str, chosen['filters']))} filters in "
                     f"batches of {batch}{rates}")
     if metrics.get("step_seconds"):  # a budget run: what decided its 16x16 phase

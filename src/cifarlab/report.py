@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import rundir, stats
-from .config import RECIPES
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
+from .train import is_widest
 
 # Every metric has one definition, the same for every run (see STAT_NOTE).
 METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val accuracy"),
@@ -472,7 +472,7 @@ def _width_notes(g: Group) -> list[str]:
         batch = f" in batches of {batch}" if batch and batch != settings.get("batch_size") \
             else ""
         rates = "" if "lr" not in chosen else " with the GPU recipe's rates" \
-            if chosen.get("filters") == list(RECIPES["gpu94"]["filters"]) \
+            if is_widest(chosen.get("filters") or ()) \
             else " with the wider network's rates"
         return [f"{g.name} trained {_dashed(next(iter(counts)))} filters{batch}{rates}, not "
                 f"its preset's {_dashed(preset)}: its budget buys enough steps for the wider "

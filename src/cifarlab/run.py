@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
-from .config import RECIPES, RunConfig
+from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, own_random_state,
-                    WIDE_FROM_EPOCHS, WIDEST_FROM_EPOCHS, WIDEST_SETTINGS, prepare_model,
-                    resolve_device, run_precision, width_for_budget)
+from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, is_widest,
+                    own_random_state, WIDE_FROM_EPOCHS, WIDEST_FROM_EPOCHS, WIDEST_SETTINGS,
+                    prepare_model, resolve_device, run_precision, width_for_budget)
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -291,14 +291,13 @@ def _width_line(cfg: RunConfig, built: RunConfig) -> str:
     """The run's opening line about the network its budget chose (train.width_for_budget)."""
     chosen = "Filters " + "-".join(map(str, built.filters)) + (
         f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else "")
-    if built.filters == RECIPES["gpu94"]["filters"]:  # the ladder's top (train.widest)
+    if is_widest(built.filters):
         return (f"{chosen} with the GPU recipe's rates (--recipe gpu94): the budget "
                 f"{cfg.budget} buys that network {WIDEST_FROM_EPOCHS:g} epochs or more here, "
                 "where it learns the most (--filters sets the width yourself).")
-    rates = " ".join(f"--{name.replace('_', '-')} {getattr(built, name):g}"
-                     for name in WIDEST_SETTINGS
-                     if name not in ("filters", "batch_size")
-                     and getattr(built, name) != getattr(cfg, name))
+    rates = " ".join(f"--{name.replace('_', '-')} {value:g}"
+                     for name, value in _choice_record(cfg, built).items()
+                     if name not in ("filters", "batch_size"))
     return (f"{chosen}{f' ({rates})' if rates else ''}: the budget {cfg.budget} buys the "
             f"preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the wider "
             "network learns more (--filters sets the width yourself).")

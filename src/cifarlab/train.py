@@ -1064,6 +1064,11 @@ def widest(cfg: RunConfig) -> dict | None:
     return {name: getattr(top, name) for name in WIDEST_SETTINGS}
 
 
+def is_widest(filters) -> bool:
+    """Whether a network of these filters is the ladder's top, the GPU recipe's."""
+    return tuple(filters) == tuple(RECIPES["gpu94"]["filters"])
+
+
 def _own_training(cfg: RunConfig) -> bool:
     """Whether `cfg` trains as its recipe does: none of WIDEST_SETTINGS given otherwise."""
     own = _recipe(cfg.recipe)
