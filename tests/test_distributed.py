@@ -235,15 +235,20 @@ def test_a_torchrun_timeout_that_is_not_a_number_is_said_once(data_dir, tmp_path
     # a message left to rank 0 was lost when rank 1 got there first (seen in CI).
     script = tmp_path / "slow.py"
     script.write_text(SLOW_RANK_0)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = cifarlab([str(script), str(rank_0_delay), "train", *flags(data_dir), "--out",
                      str(tmp_path / "r")], cwd=tmp_path,
-                    env={"CIFARLAB_DDP_TIMEOUT": "soon"}, timeout=120,
+                    env={"CIFARLAB_DDP_TIMEOUT": "soon", "TMPDIR": str(scratch)}, timeout=120,
                     entry=("-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2"))
     assert done.returncode != 0
     assert done.stderr.count("CIFARLAB_DDP_TIMEOUT must be a positive number") == 1, \
         done.stderr[-2000:]
     assert not (tmp_path / "r").exists()
+    # The marker that let one rank say it lies in torchrun's own log folder, not beside it.
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchelastic_")] == []
+    assert len(list(scratch.glob("torchelastic_*/**/attempt_0/cifarlab-error"))) == 1
 
 
 def test_a_single_process_run_has_no_distributed_record(data_dir, tmp_path):

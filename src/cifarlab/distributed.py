@@ -251,8 +251,16 @@ def _claim(path: str) -> bool:
 
 
 def _marker() -> str:
-    """A file name unique to this torchrun job on this machine: the job's id and its agent
-    process, whose start time tells it from a later process with the same pid."""
+    """A file unique to this attempt of this torchrun job on this machine.
+
+    torchrun gives each attempt a folder of its own for its workers' error files (the parent
+    of each worker's rank folder); the marker goes there, beside torchrun's own logs, so it
+    leaves nothing of cifarlab's behind. Without one (torchrun told to log nowhere), a name
+    in the temporary folder made of the job's id and its agent process, whose start time
+    tells it from a later process with the same pid."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        return os.path.join(os.path.dirname(os.path.dirname(error_file)), "cifarlab-error")
     agent = os.getppid()
     try:
         started = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[19]
