@@ -608,7 +608,8 @@ def test_the_wider_network_takes_its_own_batch_and_rates_where_the_training_is_t
     monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 1e9)  # the top stays out of reach
     per_epoch, rates = _counting_epoch_steps(monkeypatch), _counting_rates(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
-    cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "6s"}))
+    # 12 s: on one core the two probes take ~9 s (6 s did not fit a step after them).
+    cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "12s"}))
     assert (cfg.batch_size, cfg.lr, cfg.muon_lr, cfg.warmup) == (128, 0.5, 0.12, 0.2)
     out = tmp_path / "wide"
     interrupt_after_epoch_2(cfg, out, dataset)
