@@ -16,7 +16,7 @@ def test_presets_have_the_studys_parameter_counts(name, trainable, stats):
 
 
 def layer_kinds(net):
-    short = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "pool",
+    short = {nn.Conv2d: "conv", models.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "pool",
              nn.Flatten: "flatten", nn.Dropout: "drop", nn.Linear: "dense",
              nn.AdaptiveAvgPool2d: "gap"}
     return [short[type(m)] for m in net]
@@ -93,3 +93,58 @@ def test_impossible_shapes_are_refused_with_a_reason(change, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(CifarlabError, match="choose one of simple, deep, batchnorm"):
         models.preset("resnet")
+
+
+@pytest.mark.parametrize("size", [(2, 2), (1, 2), (2, 1), (1, 1)])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_on_tiny_images_is_the_convolution_as_a_dense_matrix(size, channels_last, bias):
+    # deep's fifth block (2x2 images) runs as one matmul: the same outputs and gradients
+    torch.manual_seed(0)
+    mine = models.Conv2d(5, 7, 3, padding="same", bias=bias).double()
+    plain = nn.Conv2d(5, 7, 3, padding="same", bias=bias).double()
+    plain.load_state_dict(mine.state_dict())
+    x = torch.randn(4, 5, *size, dtype=torch.float64)
+    if channels_last:
+        mine, plain = (m.to(memory_format=torch.channels_last) for m in (mine, plain))
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad = torch.randn(4, 7, *size, dtype=torch.float64)
+    got, want = mine(x), plain(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    mine_grads = torch.autograd.grad(got, [x, *mine.parameters()], grad)
+    plain_grads = torch.autograd.grad(want, [x, *plain.parameters()], grad)
+    for a, b in zip(mine_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_takes_the_dense_path_only_on_tiny_images_and_not_in_exports(monkeypatch):
+    calls = []
+    real = nn.Conv2d.forward
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: calls.append(x.shape[-1])
+                        or real(self, x))
+    conv = models.Conv2d(3, 4, 3, padding="same")
+    conv(torch.zeros(1, 3, 2, 2))
+    assert calls == []  # dense
+    conv(torch.zeros(1, 3, 4, 4))
+    models.Conv2d(3, 4, 5, padding="same")(torch.zeros(1, 3, 2, 2))
+    models.Conv2d(3, 4, 3, padding=1, stride=2)(torch.zeros(1, 3, 2, 2))
+    assert calls == [4, 2, 2]  # larger images, other kernels and strides: the plain one
+    traced = torch.jit.trace(conv, torch.zeros(1, 3, 2, 2))
+    assert "_convolution" in str(traced.graph)  # an export keeps the plain convolution
+
+
+def test_deep_trains_the_same_with_its_dense_fifth_convolution():
+    torch.manual_seed(0)
+    net = models.build(models.preset("deep"))
+    assert [isinstance(m, models.Conv2d) for m in net if isinstance(m, nn.Conv2d)] == [True] * 5
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    plain = models.build(models.preset("deep"))
+    plain.load_state_dict(net.state_dict())
+    for m in plain:
+        if isinstance(m, models.Conv2d):
+            m.__class__ = nn.Conv2d
+    for model in (net, plain):
+        nn.functional.cross_entropy(model(x), y).backward()
+    for a, b in zip(net.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
