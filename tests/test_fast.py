@@ -344,9 +344,11 @@ def test_compile_trains_like_eager_and_compiles_once_per_network_shape(dataset, 
     first = train_run(RunConfig(**with_recipe({**base, "compile": True})), tmp_path / "c0",
                       data=dataset, verbose=False)
     # Same seed, same batches: the compiled network learns the same thing up to rounding.
+    # Its 60 validation images may differ by a few near-ties of this barely trained network
+    # (2 flipped on a 2-core AMX Xeon, where inductor's kernels round unlike oneDNN's).
     for a, b in zip(eager.fit.history, first.fit.history):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
-        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.02)
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=3 / 60 + 1e-6)
     assert eager.metrics["compile_s"] == 0
     # Compiling happened before training and is reported apart from it.
     assert first.metrics["compile_s"] > 1
