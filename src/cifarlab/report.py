@@ -249,6 +249,14 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.2f}"
 
 
+def _wins_text(c: stats.Comparison) -> str:
+    """P(variant > baseline) as the count it is, "2 of 9": a share such as 0.00 from three
+    seeds each reads as a probability that the variant is never better, which nine run pairs
+    cannot say."""
+    wins = round(c.p_superior * c.pairs * 2) / 2  # ties count half
+    return f"{wins:g} of {c.pairs}"
+
+
 def comparison_cells(results: Results, name: str, c: stats.Comparison | None) -> dict:
     """The comparison columns of one variant as text."""
     empty = {"diff": "", "effect": "", "p_sup": "", "test": "", "p": "", "p_adj": "",
@@ -265,8 +273,8 @@ def comparison_cells(results: Results, name: str, c: stats.Comparison | None) ->
         f"{_pct(c.diff)} [{_pct(c.ci_low)}, {_pct(c.ci_high)}]"
     if not math.isnan(c.effect_size):
         out["effect"] = f"{c.effect_size:+.2f}"
-    if not math.isnan(c.p_superior):
-        out["p_sup"] = f"{c.p_superior:.2f}"
+    if not math.isnan(c.p_superior) and c.pairs:
+        out["p_sup"] = _wins_text(c)
     if not math.isnan(c.p_value) and c.n >= stats.MIN_SEEDS:  # no p where no verdict
         out["p"] = f"{c.p_value:.3f}"
     if not math.isnan(c.p_adjusted):
@@ -307,7 +315,7 @@ def variant_table(results: Results, rows: list[dict] | None = None) -> str:
 
 
 COMPARISON_HEAD = ["variant", "Δ test accuracy, points [95% CI]", "effect size d",
-                   "P(variant > baseline)", "test", "p", "p (Holm)", "verdict",
+                   "run pairs the variant wins", "test", "p", "p (Holm)", "verdict",
                    "what would decide it"]
 COMPARISON_KEYS = ["diff", "effect", "p_sup", "test", "p", "p_adj", "verdict", "decide"]
 
@@ -778,8 +786,10 @@ STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t interv
 COMPARISON_NOTE = ("Δ is the variant's mean test accuracy minus the baseline's, in points, "
                    "with its 95% interval: paired seed by seed (paired t-test) when the "
                    "variants share seeds, else Welch's t-test. Effect size: Cohen's d (of the "
-                   "paired differences when paired). P(variant > baseline): the share of "
-                   "(variant, baseline) run pairs the variant wins (Mann-Whitney U). The "
+                   "paired differences when paired). Run pairs the variant wins: of every "
+                   "(variant run, baseline run) pair, how many the variant scores higher, ties "
+                   "counting half (the Mann-Whitney U; as a share, the probability of "
+                   "improvement, which few seeds estimate only coarsely). The "
                    "p-values of all comparisons are adjusted together (Holm) and the verdict "
                    "reads the adjusted one at 5%; fewer than 3 seeds give no verdict. "
                    "'What would decide it' comes from the observed spread (noncentral t, "

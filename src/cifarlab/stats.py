@@ -95,6 +95,7 @@ class Comparison:
     n: int  # seeds behind the comparison (shared seeds when paired)
     effect_size: float = math.nan  # Cohen's d (d_z of the differences when paired)
     p_superior: float = math.nan  # P(variant > baseline), Mann-Whitney U / (n1 n2)
+    pairs: int = 0  # the (variant, baseline) run pairs behind p_superior: n1 n2
     spread: float = math.nan  # sd of the paired differences (or pooled sd), for power
     paired: bool = False
     testable: bool = False  # a p-value exists and joins the family adjusted together
@@ -114,14 +115,14 @@ def compare(baseline: dict, variant: dict) -> Comparison:
     b = _clean(variant.values())
     if not len(a) or not len(b):
         return Comparison(math.nan, math.nan, math.nan, math.nan, "no runs", 0)
-    p_sup = _p_superior(a, b)
+    p_sup, pairs = _p_superior(a, b), len(a) * len(b)
     if len(shared) >= 2:
         x = np.array([baseline[s] for s in shared], float)
         y = np.array([variant[s] for s in shared], float)
         d = y - x
         n, diff, sd = len(d), float(d.mean()), float(d.std(ddof=1))
         c = Comparison(diff, math.nan, math.nan, math.nan, f"paired t-test (n={n})", n,
-                       p_superior=_p_superior(x, y), spread=sd, paired=True)
+                       p_superior=_p_superior(x, y), pairs=n * n, spread=sd, paired=True)
         if sd == 0:
             c.test = f"none: the {n} paired differences are all equal"
             return c
@@ -133,11 +134,11 @@ def compare(baseline: dict, variant: dict) -> Comparison:
     diff = float(b.mean() - a.mean())
     if len(a) < 2 or len(b) < 2:
         return Comparison(diff, math.nan, math.nan, math.nan, "none: needs 2+ seeds each", n,
-                          p_superior=p_sup)
+                          p_superior=p_sup, pairs=pairs)
     pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1))
                        / (len(a) + len(b) - 2))
     c = Comparison(diff, math.nan, math.nan, math.nan, f"Welch t-test ({len(b)} vs {len(a)})",
-                   n, p_superior=p_sup, spread=pooled)
+                   n, p_superior=p_sup, pairs=pairs, spread=pooled)
     if pooled == 0:
         c.test = "none: neither variant varies over seeds"
         return c
