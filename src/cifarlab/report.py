@@ -253,8 +253,7 @@ def _wins_text(c: stats.Comparison) -> str:
     """P(variant > baseline) as the count it is, "2 of 9": a share such as 0.00 from three
     seeds each reads as a probability that the variant is never better, which nine run pairs
     cannot say."""
-    wins = round(c.p_superior * c.pairs * 2) / 2  # ties count half
-    return f"{wins:g} of {c.pairs}"
+    return f"{c.wins:g} of {c.pairs}"
 
 
 def comparison_cells(results: Results, name: str, c: stats.Comparison | None) -> dict:
@@ -273,7 +272,7 @@ def comparison_cells(results: Results, name: str, c: stats.Comparison | None) ->
         f"{_pct(c.diff)} [{_pct(c.ci_low)}, {_pct(c.ci_high)}]"
     if not math.isnan(c.effect_size):
         out["effect"] = f"{c.effect_size:+.2f}"
-    if not math.isnan(c.p_superior) and c.pairs:
+    if c.pairs:
         out["p_sup"] = _wins_text(c)
     if not math.isnan(c.p_value) and c.n >= stats.MIN_SEEDS:  # no p where no verdict
         out["p"] = f"{c.p_value:.3f}"

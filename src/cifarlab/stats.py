@@ -94,8 +94,10 @@ class Comparison:
     test: str  # "paired t-test (n=5)", "Welch t-test (5 vs 4)", or why none was made
     n: int  # seeds behind the comparison (shared seeds when paired)
     effect_size: float = math.nan  # Cohen's d (d_z of the differences when paired)
-    p_superior: float = math.nan  # P(variant > baseline), Mann-Whitney U / (n1 n2)
-    pairs: int = 0  # the (variant, baseline) run pairs behind p_superior: n1 n2
+    # Of the `pairs` (variant run, baseline run) pairs, those the variant wins, ties counting
+    # half: the Mann-Whitney U statistic (p_superior is its share)
+    wins: float = math.nan
+    pairs: int = 0
     spread: float = math.nan  # sd of the paired differences (or pooled sd), for power
     paired: bool = False
     testable: bool = False  # a p-value exists and joins the family adjusted together
@@ -106,6 +108,12 @@ class Comparison:
     p_equivalence: float = math.nan  # TOST p for |diff| < delta, when delta was given
     equivalence: float | None = None
 
+    @property
+    def p_superior(self) -> float:
+        """P(variant > baseline): the share of run pairs won (rliable's 'probability of
+        improvement')."""
+        return self.wins / self.pairs if self.pairs else math.nan
+
 
 def compare(baseline: dict, variant: dict) -> Comparison:
     """Compare two {seed: value} maps: paired on their shared seeds when there are 2 or
@@ -115,14 +123,15 @@ def compare(baseline: dict, variant: dict) -> Comparison:
     b = _clean(variant.values())
     if not len(a) or not len(b):
         return Comparison(math.nan, math.nan, math.nan, math.nan, "no runs", 0)
-    p_sup, pairs = _p_superior(a, b), len(a) * len(b)
+    wins, pairs = _wins(a, b)
     if len(shared) >= 2:
         x = np.array([baseline[s] for s in shared], float)
         y = np.array([variant[s] for s in shared], float)
         d = y - x
         n, diff, sd = len(d), float(d.mean()), float(d.std(ddof=1))
+        wins, pairs = _wins(x, y)
         c = Comparison(diff, math.nan, math.nan, math.nan, f"paired t-test (n={n})", n,
-                       p_superior=_p_superior(x, y), pairs=n * n, spread=sd, paired=True)
+                       wins=wins, pairs=pairs, spread=sd, paired=True)
         if sd == 0:
             c.test = f"none: the {n} paired differences are all equal"
             return c
@@ -134,11 +143,11 @@ def compare(baseline: dict, variant: dict) -> Comparison:
     diff = float(b.mean() - a.mean())
     if len(a) < 2 or len(b) < 2:
         return Comparison(diff, math.nan, math.nan, math.nan, "none: needs 2+ seeds each", n,
-                          p_superior=p_sup, pairs=pairs)
+                          wins=wins, pairs=pairs)
     pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1))
                        / (len(a) + len(b) - 2))
     c = Comparison(diff, math.nan, math.nan, math.nan, f"Welch t-test ({len(b)} vs {len(a)})",
-                   n, p_superior=p_sup, pairs=pairs, spread=pooled)
+                   n, wins=wins, pairs=pairs, spread=pooled)
     if pooled == 0:
         c.test = "none: neither variant varies over seeds"
         return c
@@ -148,13 +157,13 @@ def compare(baseline: dict, variant: dict) -> Comparison:
                    effect_size=diff / pooled, testable=True)
 
 
-def _p_superior(a: np.ndarray, b: np.ndarray) -> float:
-    """P(a value of b > a value of a), ties counting half: the Mann-Whitney U statistic
-    divided by the number of pairs (rliable's 'probability of improvement')."""
-    if not len(a) or not len(b):
-        return math.nan
-    u = st.mannwhitneyu(b, a, alternative="two-sided").statistic
-    return float(u / (len(a) * len(b)))
+def _wins(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Of the (b, a) value pairs, how many b wins, ties counting half (the Mann-Whitney U
+    statistic), and how many pairs there are."""
+    pairs = len(a) * len(b)
+    if not pairs:
+        return math.nan, 0
+    return float(st.mannwhitneyu(b, a, alternative="two-sided").statistic), pairs
 
 
 def adjust(p_values: list[float], method: str = "holm") -> list[float]:
