@@ -198,10 +198,10 @@ def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS simple network, batch 256, 1 epoch: test accuracy" in done.stdout
     assert "s of steps" in done.stdout and "float32" in done.stdout
-    # the budget check, shrunk to 15 s, reports what decided its 16x16 phase
+    # the budget check, shrunk to 6 s, reports what decided its 16x16 phase
     assert "PASS fast recipe, 60 s budget, --compile" in done.stdout
     assert "of a full-size one" in done.stdout and "of the steps at 16x16" in done.stdout
     assert "--device cpu" in log.read_text() and "--fraction 0.02" in log.read_text()
     commands = [line for line in log.read_text().splitlines() if line.startswith("cifarlab ")]
-    assert len(commands) == 2 and any("--budget 15s" in line for line in commands)
+    assert len(commands) == 2 and any("--budget 6s" in line for line in commands)
     assert not any("--compile" in line for line in commands)  # not on a CPU, in seconds

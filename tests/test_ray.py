@@ -52,7 +52,9 @@ def cluster():
          "--port", str(port), "--num-cpus", "2", "--num-gpus", "0",
          "--object-store-memory", str(200 * 2**20), "--include-dashboard", "false",
          "--disable-usage-stats", "--temp-dir", temp],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # No graceful drain on SIGTERM (Ray waits ~30 s for it): nothing is running by then.
+        env={**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -204,7 +206,9 @@ def test_an_unreachable_cluster_is_one_sentence_and_writes_nothing(study_file, t
 def test_a_cluster_that_needs_a_token_cifarlab_lacks_is_one_sentence(cluster, study_file,
                                                                      tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+    # Ray retries a refused connection once a second, 20 times by default: 3 say the same.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token",
+           "RAY_gcs_server_port_wait_time_s": "3"}
     done = subprocess.run([sys.executable, "-m", "cifarlab", "study", str(study_file),
                            "--executor", "ray", "--address", cluster, "--out", str(out)],
                           capture_output=True, text=True, timeout=180, env=env)

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import rundir
 from .config import RunConfig, cpu_threads
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
-from .orphans import watch_parent
+from .orphans import training_over, watch_parent
 from .progress import StudyProgress, drain
 from .run import train_run
 from .study import Study, slug
@@ -185,6 +185,7 @@ def _run_here(todo: list[Task], progress: StudyProgress) -> list[Task]:
 
 _QUEUE = None
 _STOPPING = False  # set in a job process once it was asked to stop
+_TRAINING = False  # a run is under way in this job process
 
 
 def _worker_init(threads: int, queue, devices) -> None:
@@ -204,27 +205,34 @@ def _worker_init(threads: int, queue, devices) -> None:
 def _note_stop(signum, frame) -> None:
     global _STOPPING
     _STOPPING = True
+    if not _TRAINING:  # idle between runs, and it will start none now
+        training_over()
 
 
 def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool) -> dict | None:
     """Train one run in a job process; None when the job was stopped (the run, if it had
     begun, is checkpointed). A stopped job declines the runs still queued for it."""
-    global _STOPPING
+    global _STOPPING, _TRAINING
     if _STOPPING:
+        training_over()
         return None
     cfg = RunConfig.from_plain(cfg_dict)
     _QUEUE.put(("start", key, None))
+    _TRAINING = True
     try:
         result = train_run(cfg, path, verbose=False, labels=labels, resume=resume,
                            on_epoch_end=lambda row: _QUEUE.put(("epoch", key, row["epoch"],
                                                                 cfg.epochs)))
-    except Interrupted:
+    except Interrupted:  # the run is checkpointed
         _STOPPING = True
+        training_over()
         return None
     except CifarlabError:
         raise
     except Exception as e:  # pickled back as one readable line; the traceback is on disk
         raise CifarlabError(failure_text(Path(path), e)) from None
+    finally:
+        _TRAINING = False
     return result.metrics
 
 
