@@ -160,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     print(environment() if gpus else f"No CUDA GPU (torch {torch.__version__}): " + (
         "the plan follows." if args.dry_run else "smoke test on the CPU." if args.smoke
         else "nothing to check; see --dry-run or --smoke."), flush=True)
+    if args.smoke and not args.dry_run:  # a test's run folders: megabytes, removed after
+        with tempfile.TemporaryDirectory(prefix="gpu-check-smoke-") as out:
+            return run_checks(args, Path(out), gpus, started)
     out = Path(tempfile.gettempdir()) / "gpu-check" if args.dry_run or not gpus else \
         Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    if args.smoke:
-        out = Path(tempfile.mkdtemp(prefix="gpu-check-smoke-"))
+    return run_checks(args, out, gpus, started)
+
+
+def run_checks(args: argparse.Namespace, out: Path, gpus: int, started: float) -> int:
+    """The checks of `args` (or their plan, for --dry-run), their run folders under `out`."""
     plan = checks(args.data, out, max(gpus, 2 if args.dry_run else 0))
     if args.only:
         plan = [check for check in plan if any(text in check[0] for text in args.only)]

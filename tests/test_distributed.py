@@ -285,7 +285,9 @@ def test_a_local_nproc_job_listens_on_loopback_only_and_its_workers_die_with_it(
     proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "train", "--nproc", "2",
                              *flags(data_dir, epochs=200, fraction=1.0), "--out", str(out)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # the killed launcher cannot remove its scratch folder: keep it here
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     family = {proc.pid}
     try:
         deadline = time.time() + 120
@@ -335,8 +337,10 @@ def test_threads_follow_the_cpus_this_process_may_use_or_cifarlab_threads(monkey
 def test_a_world_size_left_in_the_environment_is_refused_not_obeyed(data_dir, tmp_path):
     # Only torchrun makes a data-parallel run; a WORLD_SIZE exported in a shell (or set by
     # another launcher) is named, not silently taken as a job of 2.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = cifarlab(["train", *flags(data_dir), "--out", str(tmp_path / "r")], cwd=tmp_path,
-                    env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                    env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "TMPDIR": str(scratch),
                          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
@@ -344,3 +348,4 @@ def test_a_world_size_left_in_the_environment_is_refused_not_obeyed(data_dir, tm
         "(TORCHELASTIC_RUN_ID is not set); start data-parallel runs with torchrun or cifarlab "
         "train --nproc N, or unset WORLD_SIZE"]
     assert not (tmp_path / "r").exists()
+    assert not list(scratch.iterdir())  # no marker file: no other process to tell apart from

@@ -184,6 +184,7 @@ def test_the_gpu_check_script_plans_every_check_in_a_dry_run():
 def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
     """--smoke shrinks each check to seconds on this CPU, so the script's running, logging
     and reading of a run's figures are tested before a lent GPU's minutes are spent on it."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -191,10 +192,12 @@ def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
     from conftest import Tiny
     data = Tiny(per_class_train=30, per_class_test=5).write_folder(tmp_path / "data")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    log = tmp_path / "checks.log"
+    log, scratch = tmp_path / "checks.log", tmp_path / "tmp"
+    scratch.mkdir()
     done = subprocess.run([sys.executable, str(script), "--smoke", "--only", "batch 256",
                            "--only", "60 s budget, --compile", "--data", str(data),
-                           "--log", str(log)], capture_output=True, text=True, timeout=300)
+                           "--log", str(log)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS simple network, batch 256, 1 epoch: test accuracy" in done.stdout
     assert "s of steps" in done.stdout and "float32" in done.stdout
@@ -205,3 +208,4 @@ def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
     commands = [line for line in log.read_text().splitlines() if line.startswith("cifarlab ")]
     assert len(commands) == 2 and any("--budget 6s" in line for line in commands)
     assert not any("--compile" in line for line in commands)  # not on a CPU, in seconds
+    assert not list(scratch.glob("gpu-check-*"))  # the smoke runs' folders go after them

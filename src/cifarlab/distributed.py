@@ -231,8 +231,8 @@ def report_error(error: CifarlabError) -> bool:
     claim this job's marker file prints it."""
     if getattr(error, "quiet", False):
         return False
-    if getattr(error, "every_rank", False):
-        return True
+    if getattr(error, "every_rank", False) or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return True  # (not torchrun's: no other process to leave the sentence to)
     path = os.environ.get(ERROR_FILE)
     first = _claim(path or _marker())
     if first and path:
