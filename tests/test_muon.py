@@ -185,6 +185,50 @@ def test_the_whitening_bias_trains_only_in_its_share_of_the_steps_then_stands_st
         assert torch.equal(later, history[9])  # ...and stood still after them
 
 
+def test_a_stem_that_stands_still_is_not_differentiated_and_trains_the_same(tmp_path,
+                                                                         monkeypatch):
+    """Once the stem's bias stands still, a run stops asking for its gradient (which spares
+    the first block's input gradient, ~10% of a step), with exactly the same weights as a
+    run that still computes it, and hands the network back trainable."""
+    from conftest import Tiny
+
+    from cifarlab import train
+    from cifarlab.data import load_cifar10
+    from cifarlab.run import train_run
+    data = load_cifar10(Tiny(per_class_train=20, per_class_test=4).write_binary(tmp_path),
+                        cache=False)
+    cfg = RunConfig(**with_recipe({"recipe": "fast", "filters": (8, 16, 16), "epochs": 2,
+                                   "val_split": 40, "batch_size": 32, "warmup": 0.0,
+                                   "whiten_bias": 0.25, "tta": 0, "device": "cpu"}))
+    seen, step = [], train._Loop.step
+
+    def recording(loop, *args):
+        out = step(loop, *args)
+        seen.append((loop.stem_groups[0]["lr"] if loop.stem_groups else None,
+                     loop.net[0].bias.requires_grad))
+        return out
+    monkeypatch.setattr(train._Loop, "step", recording)
+    frozen = train_run(cfg, tmp_path / "frozen", data=data, verbose=False)
+    # `seen` holds the rate for the next step beside this step's flag
+    flags = [flag for _, flag in seen]
+    rates = [cfg.bias_lr or cfg.lr] + [rate for rate, _ in seen[:-1]]
+    assert flags == [rate > 0 for rate in rates] and True in flags and False in flags
+    assert frozen.net[0].bias.requires_grad  # handed back trainable
+
+    build = train._Loop.build
+
+    def never_freezing(*args, **kwargs):
+        loop = build(*args, **kwargs)
+        loop.stem_groups = []
+        return loop
+    monkeypatch.setattr(train._Loop, "build", never_freezing)
+    seen.clear()
+    kept = train_run(cfg, tmp_path / "kept", data=data, verbose=False)
+    assert all(flag for _, flag in seen)
+    for a, b in zip(frozen.net.state_dict().values(), kept.net.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_whiten_bias_needs_the_linear_schedule_and_an_sgd_step():
     with pytest.raises(CifarlabError, match="whiten_bias 0.5 shortens the linear schedule"):
         RunConfig(**with_recipe({"recipe": "fast", "whiten_bias": 0.5,
