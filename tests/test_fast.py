@@ -627,7 +627,8 @@ def test_the_wider_network_takes_its_own_batch_and_rates_where_the_training_is_t
     assert per_epoch == [6, 6] and rates[-1] == (0.8, 0.16, 0.0)
     # Where the budget buys the preset fewer epochs, the wider network keeps the recipe's
     # rates in batches of WIDE_BATCH: fewer, larger steps lost there.
-    assert train_module.wider(cfg, 6.9) == {"filters": (32, 128, 128), "batch_size": 384}
+    assert train_module.wider(cfg, 6.9) == {"filters": (32, 128, 128), "batch_size": 384,
+                                            "warmup": 0.0, "whiten_bias": 0.375}
     assert train_module.wider(cfg, 7.0)["muon_lr"] == 0.16
     # A batch or rate you give stays, and so do the recipe's others: only the width changes.
     for given in ({"batch_size": 256}, {"lr": 0.4}, {"warmup": 0.1}):
