@@ -123,7 +123,6 @@ def compare(baseline: dict, variant: dict) -> Comparison:
     b = _clean(variant.values())
     if not len(a) or not len(b):
         return Comparison(math.nan, math.nan, math.nan, math.nan, "no runs", 0)
-    wins, pairs = _wins(a, b)
     if len(shared) >= 2:
         x = np.array([baseline[s] for s in shared], float)
         y = np.array([variant[s] for s in shared], float)
@@ -141,6 +140,7 @@ def compare(baseline: dict, variant: dict) -> Comparison:
                        p_value=float(res.pvalue), effect_size=diff / sd, testable=True)
     n = min(len(a), len(b))
     diff = float(b.mean() - a.mean())
+    wins, pairs = _wins(a, b)
     if len(a) < 2 or len(b) < 2:
         return Comparison(diff, math.nan, math.nan, math.nan, "none: needs 2+ seeds each", n,
                           wins=wins, pairs=pairs)

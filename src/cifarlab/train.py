@@ -982,7 +982,7 @@ WIDE_BATCH = 384
 # ... and in those batches no warm-up, the whitening stem's bias trained for the first 37.5%
 # of the steps (then no longer differentiated: see _Loop.step). On the 2-core AVX2 EPYC at
 # 6 reference minutes, paired by seed (benchmarks/README.md, fifteenth sitting): +0.48 points
-# (+0.53, +0.40, +0.52; paired t = 11, p = 0.008) on 1.3% more time: 0.8641 against 0.8592.
+# (+0.53, +0.40, +0.52; paired t = 11.6, p = 0.007) on 1.3% more time: 0.8641 against 0.8592.
 WIDE_STEM = {"warmup": 0.0, "whiten_bias": 0.375}
 # Longer budgets, from WIDE_TRAINING_FROM_EPOCHS of the preset's epochs, train it with
 # fewer, larger steps and rates to match, towards the GPU recipe's (whose last two these
@@ -990,8 +990,7 @@ WIDE_STEM = {"warmup": 0.0, "whiten_bias": 0.375}
 # (10 seeds, 8 ahead, paired t = 2.5, p = 0.03); at 72 s, where the preset gets about 4.7
 # epochs, -0.14 (6 seeds, none ahead by more than 0.01, p = 0.07). The line lies between
 # those and 9.5 epochs (140 s).
-WIDE_TRAINING = {"batch_size": 512, "muon_lr": 0.16, "lr": 0.8, "warmup": 0.0,
-                 "whiten_bias": 0.375}
+WIDE_TRAINING = {"batch_size": 512, "muon_lr": 0.16, "lr": 0.8, **WIDE_STEM}
 WIDE_TRAINING_FROM_EPOCHS = 7.0
 
 # The ladder's top: the GPU recipe's network and training (64-256-256 in batches of 2,000,
@@ -1071,9 +1070,8 @@ def _agreed(epochs: float, group) -> float:
 def wider(cfg: RunConfig, preset_epochs: float) -> dict:
     """The settings the budget changes when it picks the wider network: its filters, and
     where the training is the recipe's own, its batch and stem schedule (WIDE_BATCH,
-    WIDE_STEM), and for a budget that
-    buys the preset `preset_epochs` from WIDE_TRAINING_FROM_EPOCHS on, its batch and rates
-    (WIDE_TRAINING). A batch or rate you give was chosen for the network you asked for: it
+    WIDE_STEM), and for a budget that buys the preset `preset_epochs` from
+    WIDE_TRAINING_FROM_EPOCHS on, its batch and rates (WIDE_TRAINING). A batch or rate you give was chosen for the network you asked for: it
     stays, and so do the recipe's others."""
     if not _own_training(cfg):
         return {"filters": WIDE_FILTERS}
