@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir, stats
+from . import rundir, scorecard, stats
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
+from .questions import parse as parse_questions
 from .train import is_widest
 
 # Every metric has one definition, the same for every run (see STAT_NOTE).
@@ -64,6 +65,7 @@ class Group:
     group: str = ""
     same_as: str | None = None  # a twin: its runs are this variant's (same settings)
     effective: dict = field(default_factory=dict)  # settings after the study's scale knobs
+    expected: int = 0  # runs the study plans for it (its seeds), 0 when not from a study
 
     def values(self, metric: str) -> dict:
         return {r.seed: r.values[metric] for r in self.runs
@@ -107,6 +109,12 @@ class Results:
     unfinished: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)  # the study's command line, if known
     equivalence: float | None = None  # smallest difference of interest, for TOST
+    questions: list = field(default_factory=list)  # the study's declared questions
+
+    def answers(self) -> list[scorecard.Answer]:
+        """The scorecard: each declared question answered from the finished runs."""
+        return scorecard.answer_all(self.questions, {g.name: g for g in self.groups},
+                                    scaled=self.scale_text.startswith("SCALED"))
 
     def group(self, name: str) -> Group:
         return next(g for g in self.groups if g.name == name)
@@ -137,7 +145,8 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
     groups, unfinished = [], []
     for v in study["variants"]:
         g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""),
-                  same_as=v.get("same_as"), effective=v.get("effective") or {})
+                  same_as=v.get("same_as"), effective=v.get("effective") or {},
+                  expected=len(study["seeds"]))
         groups.append(g)
         if g.same_as:
             continue  # filled from its twin below
@@ -156,9 +165,20 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
                 "source": study.get("source", ""), "seeds": ", ".join(map(str, study["seeds"])),
                 "scale": study.get("scale_text", ""),
                 **{f"default {k}": v for k, v in study.get("defaults", {}).items()}}
+    questions = parse_questions([_question_table(q) for q in study.get("questions") or []],
+                                [g.name for g in groups], f"{out / 'study.json'}")
     return Results(f"Study {study['name']}", groups, study["baseline"], settings,
                    study.get("scale_text", ""), unfinished, study.get("command") or [],
-                   equivalence)
+                   equivalence, questions)
+
+
+def _question_table(q: dict) -> dict:
+    """A question as study.json stores it, back in its study-file form."""
+    out = {k: q[k] for k in ("name", "claim", "metric", "expect", "margin") if k in q}
+    variants = q.get("variants") or []
+    out.update({"compare": variants} if len(variants) == 2 else
+               {"variant": variants[0] if variants else None, "than": q.get("than", 0.0)})
+    return out
 
 
 def collect_runs(paths: list[str | Path]) -> Results:
@@ -498,8 +518,16 @@ def _preset_filters(model: str | None) -> tuple | None:
 
 def terminal_text(results: Results) -> str:
     rows = table_rows(results)
-    return "\n".join(answer(results, rows)) + "\n\n" + variant_table(results, rows) + \
-        "\n\n" + comparison_table(results, rows)
+    return scorecard_text(results) + "\n".join(answer(results, rows)) + "\n\n" + \
+        variant_table(results, rows) + "\n\n" + comparison_table(results, rows)
+
+
+def scorecard_text(results: Results) -> str:
+    """The scorecard as Markdown, led by its one-line summary ('' without questions)."""
+    if not results.questions:
+        return ""
+    answers = results.answers()
+    return scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers) + "\n\n"
 
 
 # --------------------------------------------------------------------------- figures
@@ -750,6 +778,8 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
     if results.scale_text and results.scale_text.startswith("SCALED"):
         parts += [f"> **{results.scale_text}** — not the full study.", ""]
     rows = table_rows(results)
+    if results.questions:
+        parts += ["## Scorecard", "", scorecard.NOTE, "", scorecard_text(results).rstrip(), ""]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
@@ -812,6 +842,8 @@ figcaption { color: #555; font-size: 13px; }
 .tile { width: 130px; font-size: 12px; } .tile img { width: 64px; height: 64px;
         image-rendering: pixelated; display: block; }
 .note { color: #555; font-size: 13px; max-width: 60em; }
+#scorecard td { max-width: 28em; } .claim { color: #555; font-size: 13px; }
+.lead { font-size: 15px; font-weight: 600; }
 """
 
 _SCRIPT = """document.querySelectorAll("#results th").forEach(function (th, col) {
@@ -862,6 +894,28 @@ def _html_rows(results: Results, table: list[dict]) -> tuple[list[str], list[str
     return rows, cmp_rows
 
 
+def _html_scorecard(results: Results) -> str:
+    """The scorecard section: one row per question, its verdict coloured ('' without
+    questions)."""
+    if not results.questions:
+        return ""
+    e = html.escape
+    answers = results.answers()
+    head = "".join(f"<th>{e(h)}</th>" for h in scorecard.HEAD)
+    rows = []
+    for a in answers:
+        cls = {"supported": "better", "contradicted": "worse"}.get(a.verdict, "open")
+        cells = scorecard.cells(a)
+        tds = [f"<td title=\"{e(a.question.claim)}\"><b>{e(cells[0])}</b><br>"
+               f"<span class=\"claim\">{e(a.question.claim)}</span></td>"]
+        tds += [f"<td>{e(c)}</td>" for c in cells[1:6]]
+        tds += [f'<td class="{cls}">{e(cells[6])}</td>', f"<td>{e(cells[7])}</td>"]
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    return (f'<h2>Scorecard</h2><p class="lead">{e(scorecard.summary(answers))}</p>'
+            f'<table id="scorecard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            f'</tbody></table><p class="note">{e(scorecard.NOTE)}</p>')
+
+
 def _html(results, images, best, gallery, gallery_note, confused) -> str:
     e = html.escape
 
@@ -900,6 +954,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
 {_STYLE}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
+{_html_scorecard(results)}
 <h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>

@@ -19,6 +19,13 @@ A study file is data, never code:
     model = "simple"
     grid = { blocks = [2, 3, 4], dropout = [0.0, 0.5] }   # one variant per combination
 
+    [[question]]                   # optional: what the study asks (see questions.py)
+    name = "wider is better"
+    claim = "More blocks score higher"
+    metric = "test_accuracy"
+    compare = ["wider blocks=4 dropout=0.5", "simple"]
+    expect = "higher"
+
 Scale knobs (seeds, epochs scale, fraction, max epochs) shrink any study for a small machine
 and are recorded with it, so a scaled-down study is never mistaken for the full one.
 """
@@ -34,8 +41,10 @@ from pathlib import Path
 from .config import RunConfig, check_settings, load_toml, with_recipe
 from .early_stopping import parse_spec
 from .errors import CifarlabError
+from .questions import Question
+from .questions import parse as parse_questions
 
-STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant"}
+STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant", "question"}
 VARIANT_KEYS = {"name", "description", "grid"}
 
 
@@ -85,6 +94,7 @@ class Study:
     source: str = ""  # the file or built-in it came from
     scale: Scale = field(default_factory=Scale)
     command: list[str] = field(default_factory=list)  # the command line that ran it, if any
+    questions: list[Question] = field(default_factory=list)  # what the study asks (scorecard)
 
     def config(self, variant: Variant, seed: int) -> RunConfig:
         """The resolved settings of one run, with the scale knobs applied so that the
@@ -129,6 +139,7 @@ class Study:
                 "baseline": self.baseline, "source": self.source,
                 "scale": dataclasses.asdict(self.scale), "scale_text": self.scale.describe(),
                 "command": self.command, "defaults": _plain(self.defaults),
+                "questions": [q.to_dict() for q in self.questions],
                 "variants": [{"name": v.name, "settings": _plain(v.settings), "swept": v.swept,
                               "group": v.group, "same_as": twins.get(v.name),
                               "effective": _effective(self.config(v, 0))}
@@ -207,8 +218,9 @@ def parse(doc: dict, where: str) -> Study:
     if baseline not in names:
         raise CifarlabError(f"{where}: baseline {baseline!r} is not one of the variants "
                             f"({', '.join(names)})")
+    questions = parse_questions(doc.get("question"), names, where)
     study = Study(name, str(doc.get("description", "")), seeds, defaults, variants, baseline,
-                  source=where)
+                  source=where, questions=questions)
     for v in variants:  # every run's settings must validate before any training starts
         try:
             study.config(v, study.seeds[0]).validate()
@@ -297,12 +309,26 @@ def to_toml(study: Study) -> str:
     else:
         doc = {"name": study.name, "description": study.description, "seeds": study.seeds,
                "baseline": study.baseline, "defaults": _plain(study.defaults),
-               "variant": [{"name": v.name, **_plain(v.settings)} for v in study.variants]}
+               "variant": [{"name": v.name, **_plain(v.settings)} for v in study.variants],
+               "question": [_question_doc(q) for q in study.questions]}
     text = _dump_toml(doc)
     if study.scale.epochs_scale != 1 or study.scale.fraction != 1 or study.scale.max_epochs:
         text = f"# Run with: {study.scale.describe()} (command-line knobs, not in this file)\n" \
             + text
     return text
+
+
+def _question_doc(q: Question) -> dict:
+    """A question as its study file writes it (defaults left out)."""
+    doc = {"name": q.name, "claim": q.claim, "metric": q.metric}
+    doc.update({"compare": list(q.variants)} if len(q.variants) == 2
+               else {"variant": q.variants[0]})
+    doc["expect"] = q.expect
+    if q.margin:
+        doc["margin"] = q.margin
+    if q.than:
+        doc["than"] = q.than
+    return doc
 
 
 def _dump_toml(doc: dict) -> str:
@@ -327,12 +353,60 @@ def _dump_toml(doc: dict) -> str:
             lines.append(f"{k} = {value(v)}")
     if doc.get("defaults"):
         lines += ["", "[defaults]"] + [f"{k} = {value(v)}" for k, v in doc["defaults"].items()]
-    for var in doc.get("variant", []):
-        lines += ["", "[[variant]]"] + [f"{k} = {value(v)}" for k, v in var.items()]
+    for table in ("variant", "question"):
+        for item in doc.get(table, []):
+            lines += ["", f"[[{table}]]"] + [f"{k} = {value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- built-ins
+
+def original_questions(smaller: str, smallest: str, everything: str, share: str,
+                       least: str) -> list[dict]:
+    """The original report's five conclusions (docs/original-study.md) as questions, for a
+    study with the seed study's variant names; part 5's variants are named by the caller
+    (`share` and `least` say in words what part of the data `smaller` and `smallest` use)."""
+    simple, deep = "part1-simple", "part2-deep"
+    es_acc, es_loss, bn = "part3-es-val_accuracy", "part3-es-val_loss", "part4-batchnorm"
+    questions = [
+        {"name": "1 simple over-fits", "metric": "gap_growth", "variant": simple,
+         "expect": "higher",
+         "claim": "Trained to the end, the simple network over-fits: after its validation loss "
+                  "bottoms out, the train/validation accuracy gap keeps widening"},
+        {"name": "2 deeper is no better", "metric": "test_accuracy", "compare": [deep, simple],
+         "expect": "not higher", "margin": 0.01,
+         "claim": "The deeper network is no better than the simple one (not by a point)"},
+        {"name": "3 early stopping stops before over-fitting", "metric": "overfit_gap",
+         "compare": [es_acc, simple], "expect": "lower",
+         "claim": "Early stopping on validation accuracy keeps an epoch with a smaller "
+                  "train/validation gap than training to the end"},
+        {"name": "3 early stopping costs no accuracy", "metric": "test_accuracy",
+         "compare": [es_acc, simple], "expect": "not lower", "margin": 0.01,
+         "claim": "Early stopping on validation accuracy loses no test accuracy (not a point)"},
+        {"name": "3 stopping on val loss costs no accuracy", "metric": "test_accuracy",
+         "compare": [es_loss, simple], "expect": "not lower", "margin": 0.01,
+         "claim": "Early stopping on validation loss loses no test accuracy (not a point)"},
+        {"name": "4 batch norm: smaller gap than simple", "metric": "overfit_gap",
+         "compare": [bn, simple], "expect": "lower",
+         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
+                  "simple network"},
+        {"name": "4 batch norm: smaller gap than deep", "metric": "overfit_gap",
+         "compare": [bn, deep], "expect": "lower",
+         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
+                  "deeper network"},
+        {"name": "5 less data, similar accuracy", "metric": "test_accuracy",
+         "compare": [smaller, everything], "expect": "equivalent", "margin": 0.02,
+         "claim": f"Trained on {share} of the images, the batch-norm network reaches similar "
+                  "test accuracy (within 2 points)"},
+        {"name": "5 less data, less time", "metric": "train_time_s",
+         "compare": [smaller, everything], "expect": "lower",
+         "claim": f"Trained on {share} of the images, it takes less time"},
+        {"name": "5 too little data costs accuracy", "metric": "test_accuracy",
+         "compare": [smallest, everything], "expect": "lower", "margin": 0.02,
+         "claim": f"Trained on {least} of the images, it loses more than 2 points"},
+    ]
+    return [{"name": q.pop("name"), "claim": q.pop("claim"), **q} for q in questions]
+
 
 BUILTINS: dict[str, dict] = {
     "seed": {
@@ -353,6 +427,9 @@ BUILTINS: dict[str, dict] = {
             {"name": "part5-batchnorm", "model": "batchnorm", "epochs": 50,
              "early_stopping": "val_accuracy:10", "grid": {"fraction": [0.1, 0.2, 0.5, 1.0]}},
         ],
+        "question": original_questions("part5-batchnorm fraction=0.5",
+                                       "part5-batchnorm fraction=0.1",
+                                       "part5-batchnorm fraction=1", "half", "a tenth"),
     },
     "quick": {
         "name": "quick",
@@ -378,6 +455,9 @@ BUILTINS: dict[str, dict] = {
              "early_stopping": "val_accuracy:2", "min_delta": 0.01,
              "grid": {"fraction": [0.02, 0.035, 0.05]}},
         ],
+        "question": original_questions("part5-batchnorm fraction=0.035",
+                                       "part5-batchnorm fraction=0.02",
+                                       "part5-batchnorm fraction=0.05", "70%", "40%"),
     },
     "depth": {
         "name": "depth",

@@ -1,0 +1,248 @@
+"""The scorecard: each question a study declares, answered from its finished runs as
+supported, contradicted or undecided, with the estimate, its 95% interval and the p-value
+adjusted over all the study's questions (Holm).
+
+How a claim is tested (scipy and statsmodels do the tests; see docs/usage.md):
+- The difference is paired seed by seed when both variants share 2 or more seeds, else
+  Welch's; one variant is tested against its fixed value `than`.
+- A claim with one boundary ("higher", "lower", "not higher", "not lower") is a two-sided
+  t-test of the difference against that boundary: significant on the claimed side is
+  supported, on the other side contradicted. At a margin of 0 this is the usual two-sided
+  test, so no difference at all gives a false verdict at most 5% of the time.
+- "equivalent within ±margin" is supported by two one-sided tests (TOST) and contradicted
+  when the difference lies significantly outside the band on one side (both sides'
+  one-sided p-values, Bonferroni-doubled); its p-value is the smaller of the two.
+- The decisive p-values of every answerable question are adjusted together with Holm's
+  method; a verdict needs an adjusted p below 5% and 3 or more seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as st
+
+from . import stats
+from .questions import METRICS, Question, measure, number, show, unit_name
+
+PRACTICAL_SEEDS = 30  # above this, more seeds are not the way to decide
+
+
+@dataclass
+class Answer:
+    question: Question
+    verdict: str  # supported | contradicted | undecided | not yet answered | cannot be answered
+    estimate: float = math.nan  # mean difference (or mean value minus `than`)
+    ci_low: float = math.nan  # its 95% interval
+    ci_high: float = math.nan
+    p_value: float = math.nan  # the decisive test's raw p
+    p_adjusted: float = math.nan  # Holm over the study's answerable questions
+    test: str = ""
+    n: int = 0
+    spread: float = math.nan  # sd of the paired differences (or pooled sd)
+    paired: bool = True
+    why: str = ""  # why a question is not (yet) decided, in words
+    decide: str = ""  # what would decide an undecided one
+
+
+def values_of(group, metric: str) -> dict[int, float]:
+    """{seed: metric} over a report group's finished runs."""
+    out = {}
+    for run in group.runs:
+        v = measure(run.history, run.metrics, metric)
+        if v is not None and not math.isnan(v):
+            out[run.seed] = v
+    return out
+
+
+def answer_all(questions: list[Question], groups: dict, scaled: bool = False
+               ) -> list[Answer]:
+    """Answer every question from `groups` ({variant name: report group, each with .runs,
+    .same_as and .expected}); `scaled` says the study was scaled down, so more scale is one
+    way to decide."""
+    answers = [_answer(q, groups) for q in questions]
+    live = [a for a in answers if not math.isnan(a.p_value)]
+    for a, p in zip(live, stats.adjust([a.p_value for a in live])):
+        a.p_adjusted = p
+    family = max(1, len(live))
+    for a in answers:
+        if a.verdict == "":
+            _verdict(a)
+        if a.verdict == "undecided" and not a.decide:
+            a.decide = _what_decides(a, family, scaled)
+    return answers
+
+
+def _answer(q: Question, groups: dict) -> Answer:
+    origin = [groups[v].same_as or v for v in q.variants]
+    if len(origin) == 2 and origin[0] == origin[1]:
+        return Answer(q, "cannot be answered",
+                      why=f"{q.variants[0]} and {q.variants[1]} are the same runs at this "
+                          "scale (identical settings), so there is no difference to test")
+    for name in q.variants:
+        g = groups[name]
+        if len(g.runs) < g.expected:
+            return Answer(q, "not yet answered",
+                          why=f"{len(g.runs)} of {g.expected} runs of {name} have finished; "
+                              "it is answered once all have, never from fewer seeds")
+    sides = [values_of(groups[v], q.metric) for v in q.variants]
+    if len(sides) == 1:
+        return _one_sample(q, np.array(list(sides[0].values()), float) - q.than)
+    a, b = sides
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        return _one_sample(q, np.array([a[s] - b[s] for s in shared], float), paired=True)
+    return _welch(q, np.array(list(a.values()), float), np.array(list(b.values()), float))
+
+
+def _one_sample(q: Question, d: np.ndarray, paired: bool = False) -> Answer:
+    """A difference known seed by seed (paired) or a value against `than`."""
+    n = len(d)
+    kind = f"paired t-test (n={n})" if paired else f"one-sample t-test (n={n})"
+    ans = Answer(q, "", float(d.mean()) if n else math.nan, test=kind, n=n,
+                 spread=float(d.std(ddof=1)) if n > 1 else math.nan)
+    if n < stats.MIN_SEEDS:
+        return _too_few(ans)
+    if ans.spread == 0:
+        ans.verdict, ans.why = "undecided", (f"every seed gave the same difference "
+                                             f"({show(ans.estimate, METRICS[q.metric])}): no "
+                                             "spread, so no test is possible")
+        return ans
+    ci = st.ttest_1samp(d, 0.0).confidence_interval(1 - stats.ALPHA)
+    ans.ci_low, ans.ci_high = float(ci.low), float(ci.high)
+
+    def p_at(bound: float, alternative: str) -> float:
+        return float(st.ttest_1samp(d, bound, alternative=alternative).pvalue)
+    _test(ans, p_at)
+    return ans
+
+
+def _welch(q: Question, a: np.ndarray, b: np.ndarray) -> Answer:
+    """Two variants without shared seeds: Welch's t-test on the difference of means."""
+    n = min(len(a), len(b))
+    ans = Answer(q, "", float(a.mean() - b.mean()) if n else math.nan,
+                 test=f"Welch t-test ({len(a)} vs {len(b)})", n=n, paired=False)
+    if n < stats.MIN_SEEDS:
+        return _too_few(ans)
+    ans.spread = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+    if ans.spread == 0:
+        ans.verdict, ans.why = "undecided", "neither variant varies over seeds: no test"
+        return ans
+    ci = st.ttest_ind(a, b, equal_var=False).confidence_interval(1 - stats.ALPHA)
+    ans.ci_low, ans.ci_high = float(ci.low), float(ci.high)
+
+    def p_at(bound: float, alternative: str) -> float:
+        return float(st.ttest_ind(a - bound, b, equal_var=False,
+                                  alternative=alternative).pvalue)
+    _test(ans, p_at)
+    return ans
+
+
+def _test(ans: Answer, p_at) -> None:
+    """The decisive p-value of the claim (see the module's docstring); `p_at(bound,
+    alternative)` tests the difference against `bound`."""
+    lo, hi = ans.question.region()
+    if ans.question.expect == "equivalent":
+        supported = max(p_at(lo, "greater"), p_at(hi, "less"))  # TOST
+        outside = min(1.0, 2 * min(p_at(hi, "greater"), p_at(lo, "less")))
+        ans.p_value = min(supported, outside)
+        ans.test += "; TOST" if supported <= outside else "; outside the band, one-sided"
+        return
+    bound = lo if math.isinf(hi) else hi
+    ans.p_value = p_at(bound, "two-sided")
+
+
+def _too_few(ans: Answer) -> Answer:
+    ans.verdict = "undecided"
+    ans.why = f"too few seeds ({ans.n}; {stats.MIN_SEEDS} or more give a verdict)"
+    ans.decide = f"{stats.MIN_SEEDS} or more seeds"
+    return ans
+
+
+def _verdict(a: Answer) -> None:
+    if math.isnan(a.p_adjusted) or a.p_adjusted >= stats.ALPHA:
+        a.verdict = "undecided"
+        if not a.why:
+            a.why = f"within seed noise with {a.n} seeds"
+        return
+    lo, hi = a.question.region()
+    a.verdict = "supported" if lo < a.estimate < hi else "contradicted"
+
+
+def _what_decides(a: Answer, family: int, scaled: bool) -> str:
+    """Seeds that would decide an undecided question, from the observed spread (never from
+    the observed difference): a true difference the metric's interest away from the
+    claim's boundary, found at 80% power at the strictest Holm threshold."""
+    if not a.spread > 0 or a.n < 2:
+        return ""
+    metric = METRICS[a.question.metric]
+    if a.question.expect == "equivalent":  # both one-sided tests at alpha: 90% power each
+        need = stats.seeds_needed(a.spread, True, a.question.margin,
+                                  2 * stats.ALPHA / family, power=0.9)
+        target = f"equivalence within ±{show(a.question.margin, metric, signed=False)}"
+    else:
+        need = stats.seeds_needed(a.spread, a.paired, metric.interest, stats.ALPHA / family)
+        target = f"a difference of {show(metric.interest, metric, signed=False)}"
+    scale = ("run the study at full scale (more data and epochs lower the seed noise)"
+             if scaled else "more data or epochs per run (lower seed noise)")
+    if need is None or need > PRACTICAL_SEEDS:
+        return f"more than {PRACTICAL_SEEDS} seeds would be needed to show {target}: {scale}"
+    if need <= a.n:
+        return (f"{a.n} seeds would have shown {target} at 80% power, so the true one is "
+                f"likely smaller; a smaller one needs more seeds or {scale}")
+    return f"~{need} seeds would show {target}" + (f", or {scale}" if scaled else "")
+
+
+# --------------------------------------------------------------------------- showing
+
+
+HEAD = ["question", "what is tested", "estimate [95% CI]", "test", "p", "p (Holm)",
+        "verdict", "why / what would decide it"]
+
+
+def cells(a: Answer) -> list[str]:
+    """One scorecard row as text, in HEAD's order."""
+    metric = METRICS[a.question.metric]
+    est = "" if math.isnan(a.estimate) else number(a.estimate, metric)
+    if not math.isnan(a.ci_low):
+        est += f" [{number(a.ci_low, metric)}, {number(a.ci_high, metric)}]"
+    if est:
+        est = f"{est} {unit_name(metric)}".rstrip()
+    p = "" if math.isnan(a.p_value) else _p(a.p_value)
+    p_adj = "" if math.isnan(a.p_adjusted) else _p(a.p_adjusted)
+    note = "; ".join(x for x in (a.why if a.verdict != "supported" and
+                                 a.verdict != "contradicted" else "", a.decide) if x)
+    return [a.question.name, a.question.describe(), est, a.test, p, p_adj, a.verdict, note]
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown(answers: list[Answer]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for a in answers:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(a)) + " |")
+    return "\n".join(lines)
+
+
+def summary(answers: list[Answer]) -> str:
+    """One sentence: how many questions each verdict got."""
+    counts = {}
+    for a in answers:
+        counts[a.verdict] = counts.get(a.verdict, 0) + 1
+    order = ("supported", "contradicted", "undecided", "not yet answered", "cannot be answered")
+    parts = [f"{counts[k]} {k}" for k in order if k in counts]
+    return f"Scorecard of the study's {len(answers)} question(s): {', '.join(parts)} " \
+           "(Holm-adjusted over the questions answered, 5% level)."
+
+
+NOTE = ("Each question is a claim the study declares. Estimate: the mean difference (first "
+        "variant minus second, paired by seed; or the variant's value minus the stated one) "
+        "with its 95% interval. A claim with one boundary is tested two-sided against it; "
+        "'equivalent' by two one-sided tests (TOST). The p-values of all answered questions "
+        "are adjusted together (Holm); supported or contradicted needs an adjusted p below "
+        "0.05 and 3 or more seeds, else the question is undecided. A question whose variants "
+        "have unfinished runs is not answered from fewer seeds.")

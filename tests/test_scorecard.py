@@ -1,0 +1,248 @@
+"""Questions a study declares and the scorecard that answers them: the numbers against scipy
+and statsmodels on hand-made runs, the verdicts, the questions that cannot be answered, and a
+real study whose reports open with its scorecard."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Tiny
+from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
+
+from cifarlab import scorecard
+from cifarlab.cli import main
+from cifarlab.errors import CifarlabError
+from cifarlab.questions import measure, parse
+from cifarlab.report import Group, Results, Run, terminal_text
+from cifarlab.study import load
+
+ACC = {"baseline": [0.700, 0.712, 0.695, 0.705, 0.708],
+       "worse": [0.661, 0.676, 0.650, 0.668, 0.664],
+       "same": [0.702, 0.709, 0.699, 0.703, 0.711]}
+
+
+def run(seed, acc, gaps=(0.0, 0.05, 0.10), val_losses=(1.2, 1.0, 1.1), time_s=100.0):
+    history = [{"epoch": e, "loss": 1.0, "accuracy": 0.5 + g, "val_loss": v,
+                "val_accuracy": 0.5} for e, (g, v) in enumerate(zip(gaps, val_losses), 1)]
+    return Run(Path(f"r{seed}"), seed, {"settings": {"epochs": len(history)}},
+               {"test_accuracy": acc, "weights_epoch": len(history), "train_time_s": time_s},
+               history)
+
+
+def groups(**accs):
+    return {name: Group(name, [run(s, a) for s, a in enumerate(values)], expected=len(values))
+            for name, values in accs.items()}
+
+
+def ask(*questions, names=("baseline", "worse", "same")):
+    return parse(list(questions), list(names), "test")
+
+
+def test_a_direction_is_a_paired_t_test_against_the_boundary_as_scipy_computes_it():
+    q = ask({"claim": "worse loses more than a point", "metric": "test_accuracy",
+             "compare": ["worse", "baseline"], "expect": "lower", "margin": 0.01})
+    [a] = scorecard.answer_all(q, groups(**ACC))
+    x, y = np.array(ACC["worse"]), np.array(ACC["baseline"])
+    ref = st.ttest_rel(x, y + (-0.01))  # the difference against its boundary, -1 point
+    ci = st.ttest_rel(x, y).confidence_interval(0.95)
+    assert a.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (a.estimate, a.ci_low, a.ci_high) == pytest.approx(((x - y).mean(), ci.low, ci.high))
+    assert a.test == "paired t-test (n=5)" and a.verdict == "supported"
+    assert a.p_adjusted == pytest.approx(a.p_value)  # a family of one
+
+
+def test_equivalence_is_statsmodels_ttost_paired_and_holm_runs_over_the_questions():
+    qs = ask({"name": "eq", "claim": "same matches the baseline", "metric": "test_accuracy",
+              "compare": ["same", "baseline"], "expect": "equivalent", "margin": 0.01},
+             {"name": "dir", "claim": "same is better", "metric": "test_accuracy",
+              "compare": ["same", "baseline"], "expect": "higher"},
+             {"name": "gap", "claim": "worse loses", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "lower"})
+    eq, up, down = scorecard.answer_all(qs, groups(**ACC))
+    x, y = np.array(ACC["same"]), np.array(ACC["baseline"])
+    assert eq.p_value == pytest.approx(ttost_paired(x, y, -0.01, 0.01)[0], rel=1e-9)
+    assert eq.test.endswith("TOST") and eq.verdict == "supported"
+    raw = [eq.p_value, st.ttest_rel(x, y).pvalue,
+           st.ttest_rel(np.array(ACC["worse"]), y).pvalue]
+    assert [up.p_value, down.p_value] == pytest.approx(raw[1:], rel=1e-9)
+    holm = multipletests(raw, method="holm")[1]
+    assert [eq.p_adjusted, up.p_adjusted, down.p_adjusted] == pytest.approx(holm, rel=1e-9)
+    assert up.verdict == "undecided" and down.verdict == "supported"
+    assert up.decide.startswith("5 seeds would have shown a difference of 1 point")
+
+
+def test_an_undecided_question_gets_the_seeds_its_spread_needs_not_its_difference():
+    from cifarlab import stats
+    noisy = {"baseline": [0.700, 0.710, 0.695, 0.705, 0.702],
+             "worse": [0.708, 0.703, 0.705, 0.699, 0.712]}
+    qs = ask({"name": "a", "claim": "c", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "lower"},
+             {"name": "b", "claim": "c", "metric": "test_accuracy", "variant": "worse",
+              "expect": "higher", "than": 0.5})
+    a, _ = scorecard.answer_all(qs, groups(**noisy))
+    d = np.array(noisy["worse"]) - np.array(noisy["baseline"])
+    need = stats.seeds_needed(d.std(ddof=1), True, 0.01, 0.05 / 2)
+    assert a.verdict == "undecided" and 5 < need <= 30
+    assert a.decide == f"~{need} seeds would show a difference of 1 point"
+    noisier = {"baseline": [0.70, 0.74, 0.66, 0.72, 0.69], "worse": [0.71, 0.70, 0.69, 0.75, 0.66]}
+    a = scorecard.answer_all(qs, groups(**noisier), scaled=True)[0]
+    assert a.decide == ("more than 30 seeds would be needed to show a difference of 1 point: "
+                        "run the study at full scale (more data and epochs lower the seed "
+                        "noise)")
+
+
+def test_a_claim_the_data_refute_is_contradicted_and_equivalence_can_fail_outside_the_band():
+    qs = ask({"name": "a", "claim": "worse is no worse", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "not lower", "margin": 0.01},
+             {"name": "b", "claim": "worse is equivalent", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "equivalent", "margin": 0.01})
+    a, b = scorecard.answer_all(qs, groups(**ACC))
+    assert a.verdict == b.verdict == "contradicted"
+    d = np.array(ACC["worse"]) - np.array(ACC["baseline"])
+    outside = 2 * min(st.ttest_1samp(d, 0.01, alternative="greater").pvalue,
+                      st.ttest_1samp(d, -0.01, alternative="less").pvalue)
+    assert b.p_value == pytest.approx(outside, rel=1e-9)
+
+
+def test_welch_when_the_variants_share_no_seeds_and_one_variant_against_a_value():
+    g = groups(**ACC)
+    g["worse"].runs = [run(s + 10, a) for s, a in enumerate(ACC["worse"])]
+    [w] = scorecard.answer_all(ask({"claim": "c", "metric": "test_accuracy",
+                                    "compare": ["worse", "baseline"], "expect": "lower"}), g)
+    ref = st.ttest_ind(ACC["worse"], ACC["baseline"], equal_var=False)
+    assert w.test == "Welch t-test (5 vs 5)" and w.p_value == pytest.approx(ref.pvalue)
+    [one] = scorecard.answer_all(ask({"claim": "c", "metric": "test_accuracy",
+                                      "variant": "baseline", "expect": "higher",
+                                      "than": 0.69}), g)
+    assert one.p_value == pytest.approx(st.ttest_1samp(ACC["baseline"], 0.69).pvalue)
+    assert one.estimate == pytest.approx(np.mean(ACC["baseline"]) - 0.69)
+    assert one.verdict == "supported"
+
+
+def test_questions_that_cannot_be_answered_say_so():
+    g = groups(**ACC)
+    g["same"].same_as = "baseline"  # a twin: identical settings at this scale
+    g["worse"].runs = g["worse"].runs[:3]  # 3 of 5 finished
+    g["few"] = Group("few", [run(s, 0.7) for s in range(2)], expected=2)
+    qs = ask({"name": "twin", "claim": "c", "metric": "test_accuracy",
+              "compare": ["same", "baseline"], "expect": "higher"},
+             {"name": "partial", "claim": "c", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "lower"},
+             {"name": "few", "claim": "c", "metric": "test_accuracy", "variant": "few",
+              "expect": "higher", "than": 0.5}, names=("baseline", "worse", "same", "few"))
+    twin, partial, few = scorecard.answer_all(qs, g)
+    assert twin.verdict == "cannot be answered" and "same runs" in twin.why
+    assert partial.verdict == "not yet answered"
+    assert "3 of 5 runs of worse" in partial.why and math.isnan(partial.p_value)
+    assert few.verdict == "undecided" and few.why.startswith("too few seeds (2")
+    assert all(math.isnan(a.p_adjusted) for a in (twin, partial, few))
+
+
+def test_metrics_are_read_from_the_history_by_one_definition():
+    r = run(0, 0.7, gaps=(0.0, 0.02, 0.08, 0.15), val_losses=(1.3, 1.0, 1.05, 1.2))
+    assert measure(r.history, r.metrics, "lowest_val_loss_epoch") == 2
+    assert measure(r.history, r.metrics, "gap_growth") == pytest.approx(0.13)
+    assert measure(r.history, r.metrics, "final_gap") == pytest.approx(0.15)
+    assert measure(r.history, r.metrics, "val_loss_rise") == pytest.approx(0.2)
+    assert measure(r.history, r.metrics, "epochs_run") == 4
+
+
+@pytest.mark.parametrize("question, message", [
+    ({"claim": "c", "metric": "test_accuracy", "compare": ["nope", "baseline"],
+      "expect": "higher"}, "variant 'nope' is not in the study"),
+    ({"claim": "c", "metric": "accuracy_at_dawn", "variant": "baseline", "expect": "higher"},
+     "metric 'accuracy_at_dawn' is not one cifarlab measures"),
+    ({"claim": "c", "metric": "test_accuracy", "compare": ["same", "baseline"],
+      "expect": "equivalent"}, "margin must be positive"),
+    ({"claim": "c", "metric": "test_accuracy", "compare": ["same", "baseline"],
+      "expect": "bigger"}, "expect must be one of"),
+    ({"metric": "test_accuracy", "variant": "same", "expect": "higher"}, "needs a claim"),
+])
+def test_a_bad_question_is_refused_in_one_sentence(question, message):
+    with pytest.raises(CifarlabError, match=message):
+        ask(question)
+
+
+def test_the_built_in_studies_ask_the_original_five_conclusions():
+    for name in ("seed", "quick"):
+        qs = load(name).questions
+        assert len(qs) == 10
+        assert {q.name[0] for q in qs} == {"1", "2", "3", "4", "5"}
+
+
+QUESTIONS = """
+[[question]]
+name = "wider is better"
+claim = "The wider network scores higher"
+metric = "test_accuracy"
+compare = ["wide", "base"]
+expect = "higher"
+
+[[question]]
+name = "same time"
+claim = "Both train in the same time within a minute"
+metric = "train_time_s"
+compare = ["wide", "base"]
+expect = "equivalent"
+margin = 60
+"""
+
+
+def study_file(tmp_path, data, questions=QUESTIONS) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(f"""name = "asks"
+seeds = 3
+[defaults]
+data = "{data}"
+blocks = 1
+filters = [4]
+dense = [8]
+epochs = 1
+val_split = 40
+device = "cpu"
+
+[[variant]]
+name = "base"
+
+[[variant]]
+name = "wide"
+filters = [8]
+""" + questions)
+    return path
+
+
+def test_a_study_with_two_questions_opens_every_report_with_their_scorecard(tmp_path, capsys):
+    data = Tiny(per_class_train=12, per_class_test=4).write_binary(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["study", str(study_file(tmp_path, data)), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    terminal = printed[printed.index("Report:"):].split("\n", 1)[1]
+    assert terminal.startswith("Scorecard of the study's 2 question(s)")
+    rows = [line for line in terminal.split("\n\n")[1].splitlines()[2:]]
+    assert [r.split(" | ")[0] for r in rows] == ["| wider is better", "| same time"]
+    md = (out / "report.md").read_text()
+    assert md.index("## Scorecard") < md.index("## What this study says")
+    assert md.count("| wider is better |") == 1 and md.count("| same time |") == 1
+    page = (out / "report.html").read_text()
+    assert page.index('id="scorecard"') < page.index("What this study says")
+    assert page.count("<tr><td title=") == 2
+    stored = json.loads((out / "study.json").read_text())["questions"]
+    assert [q["name"] for q in stored] == ["wider is better", "same time"]
+    for a in (line.split(" | ") for line in rows):
+        assert a[6] in ("supported", "contradicted", "undecided")
+        assert a[5] != ""  # every question of a finished 3-seed study has a Holm p
+
+
+def test_a_question_naming_a_missing_variant_is_refused_before_training(tmp_path, capsys):
+    data = Tiny(per_class_train=4, per_class_test=2).write_binary(tmp_path / "data")
+    bad = QUESTIONS.replace('["wide", "base"]\nexpect = "higher"', '["wider", "base"]\n'
+                            'expect = "higher"')
+    out = tmp_path / "out"
+    assert main(["study", str(study_file(tmp_path, data, bad)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "variant 'wider' is not in the study" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
