@@ -1,43 +1,42 @@
-"""Test the original study's five conclusions on a finished `cifarlab study seed` folder.
+"""The original study's five conclusions, answered from a `cifarlab study seed` folder (finished
+or not), with one figure per conclusion for docs/findings.md.
 
-    python benchmarks/findings.py runs/findings-seed [--figures docs/findings_files]
+    python benchmarks/findings.py ~/cifarlab-runs/seed-full [--figures docs/findings_files]
 
-Prints, for each conclusion of ../shared/SEED-STUDY.md, the numbers that test it over seeds
-with cifarlab's own statistics (paired by seed; every p-value of this script adjusted
-together with Holm's method), and draws the figures docs/findings.md shows.
+The verdicts are the study's own scorecard (the questions the built-in `seed` study declares,
+answered by cifarlab.scorecard exactly as the report does); this script adds the machine,
+precision and progress of the runs and draws the figures. A question whose variants have
+unfinished runs is shown as not yet answered.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifarlab import report, stats
+from cifarlab import results as readback
+from cifarlab import scorecard, stats, verdicts
 
 
-def per_seed(group: report.Group, fn) -> dict:
-    return {r.seed: fn(r) for r in group.runs}
-
-
-def best_loss_epoch(r) -> int:
-    return int(np.argmin([h["val_loss"] for h in r.history])) + 1
-
-
-def last_gap(r) -> float:
-    return r.history[-1]["accuracy"] - r.history[-1]["val_accuracy"]
-
-
-def gap_at_lowest_loss(r) -> float:
-    row = r.history[best_loss_epoch(r) - 1]
-    return row["accuracy"] - row["val_accuracy"]
-
-
-def describe(name: str, values: dict, digits: int = 4, bounds=(-math.inf, math.inf)) -> str:
-    return f"{name}: {stats.summarize(values.values(), bounds).text(digits)}"
+def provenance(res: readback.Results) -> list[str]:
+    """Runs finished of the total, and the machines and precisions that trained them."""
+    groups = [g for g in res.groups if not g.same_as]
+    done = sum(len(g.runs) for g in groups)
+    total = sum(g.expected for g in groups)
+    runs = [r for g in groups for r in g.runs]
+    cpus = Counter((r.metrics.get("environment") or {}).get("cpu", {}).get("model", "?") + " (" +
+                   (r.metrics.get("environment") or {}).get("cpu", {}).get("capability", "?") +
+                   ")" for r in runs)
+    precisions = Counter(str(r.metrics.get("precision", "float32")) for r in runs)
+    hours = sum(r.metrics.get("train_time_s") or 0 for r in runs) / 3600
+    return [f"runs finished: {done} of {total}",
+            "machines: " + ", ".join(f"{k} x{v}" for k, v in cpus.items()),
+            "precision: " + ", ".join(f"{k} x{v}" for k, v in precisions.items()),
+            f"training time of the finished runs: {hours:.1f} h (summed over runs)"]
 
 
 def main() -> None:
@@ -45,116 +44,105 @@ def main() -> None:
     ap.add_argument("study")
     ap.add_argument("--figures", help="folder for the figures (PNG)")
     args = ap.parse_args()
-    res = report.collect_study(args.study)
-    g = {x.name: x for x in res.groups}
-    simple, deep = g["part1-simple"], g["part2-deep"]
-    es_acc, es_loss = g["part3-es-val_accuracy"], g["part3-es-val_loss"]
-    bn = g["part4-batchnorm"]
-    fractions = sorted((x for x in res.groups if x.name.startswith("part5")),
-                       key=lambda x: x.swept["fraction"])
-    images = {x.name: x.images for x in res.groups}
+    res = readback.collect_study(args.study)
     print(f"# {res.title}: {res.scale_text}; seeds {res.settings['seeds']}")
-    print("images:", {k: v for k, v in images.items() if v})
-
-    # Every comparison below, adjusted together.
-    tests = {
-        "1 simple: gap at the last epoch vs at the lowest val loss":
-            (per_seed(simple, gap_at_lowest_loss), per_seed(simple, last_gap)),
-        "2 deep vs simple, test accuracy":
-            (simple.values("test_accuracy"), deep.values("test_accuracy")),
-        "3 es val_accuracy vs simple, test accuracy":
-            (simple.values("test_accuracy"), es_acc.values("test_accuracy")),
-        "3 es val_loss vs simple, test accuracy":
-            (simple.values("test_accuracy"), es_loss.values("test_accuracy")),
-        "4 batchnorm vs simple, over-fitting gap at kept epoch":
-            (simple.values("overfit_gap"), bn.values("overfit_gap")),
-        "4 batchnorm vs deep, over-fitting gap at kept epoch":
-            (deep.values("overfit_gap"), bn.values("overfit_gap")),
-        "4 batchnorm vs simple, test accuracy":
-            (simple.values("test_accuracy"), bn.values("test_accuracy")),
-    }
-    full = fractions[-1]
-    for f in fractions[:-1]:
-        tests[f"5 fraction {f.swept['fraction']:g} vs 1, test accuracy"] = (
-            full.values("test_accuracy"), f.values("test_accuracy"))
-    decided = stats.decide({k: stats.compare(*v) for k, v in tests.items()})
-
-    print("\n## 1. simple over-fits")
-    print(describe("epoch of lowest val loss", per_seed(simple, best_loss_epoch), 1, (1, 99)))
-    print(describe("epoch of highest val accuracy", simple.values("best_epoch"), 1, (1, 99)))
-    print(describe("train-val gap at the lowest val loss", per_seed(simple, gap_at_lowest_loss)))
-    print(describe("train-val gap at the last epoch", per_seed(simple, last_gap)))
-    print(describe("val loss, last minus lowest", per_seed(simple, lambda r: r.history[-1][
-        "val_loss"] - min(h["val_loss"] for h in r.history))))
-    print("\n## 2-5. comparisons (Holm over all)")
-    for name, c in decided.items():
-        ci = "" if math.isnan(c.ci_low) else f" [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
-        print(f"- {name}: {c.diff:+.4f}{ci}, p={c.p_value:.4f}, Holm p={c.p_adjusted:.4f}, "
-              f"{c.test}: {c.verdict}. {stats.plan_text(c)}")
-    print("\n## 3. early stopping")
-    for x in (simple, es_acc, es_loss):
-        print(f"- {x.name}: " + describe("epochs run", x.values("epochs_run"), 1, (1, 99))
-              + "; " + describe("test accuracy", x.values("test_accuracy"), 4, (0, 1))
-              + "; " + describe("best val accuracy", x.values("best_val_accuracy"), 4, (0, 1)))
-    print("\n## 4. gaps at the kept epoch")
-    for x in (simple, deep, es_acc, bn):
-        print(f"- {x.name}: " + describe("gap", x.values("overfit_gap")))
-    print("\n## 5. data size")
-    for f in fractions:
-        print(f"- fraction {f.swept['fraction']:g} ({f.images} images): "
-              + describe("test accuracy", f.values("test_accuracy"), 4, (0, 1)) + "; "
-              + describe("train time s", f.values("train_time_s"), 1, (0, math.inf)))
+    for line in provenance(res):
+        print(f"- {line}")
+    answers = res.answers()
+    print("\n" + scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers))
+    print("\n## The variants over their finished seeds\n")
+    print(verdicts.variant_table(res))
     if args.figures:
-        figures(Path(args.figures), simple, deep, es_acc, bn, fractions)
+        figures(Path(args.figures), {g.name: g for g in res.groups})
 
 
-def figures(out: Path, simple, deep, es, bn, fractions) -> None:
+def _curves(ax, group, key, color, label=True, **kw):
+    for r in group.runs:
+        e = np.arange(1, len(r.history) + 1)
+        ax.plot(e, [h[key] for h in r.history], color=color,
+                label=group.name if label and r is group.runs[0] else None, **kw)
+
+
+def _per_seed(ax, groups, metric, scale=1.0):
+    """Each group's values per seed as dots, the mean as a bar, seeds joined across groups."""
+    values = [scorecard.values_of(g, metric) for g in groups]
+    seeds = sorted(set().union(*values))
+    for s in seeds:
+        ax.plot([i for i, v in enumerate(values) if s in v],
+                [v[s] * scale for v in values if s in v], color="grey", lw=0.8, alpha=0.5)
+    for i, v in enumerate(values):
+        ax.scatter([i] * len(v), [x * scale for x in v.values()], color="tab:blue", zorder=3)
+        if v:
+            ax.plot([i - 0.2, i + 0.2], [np.mean(list(v.values())) * scale] * 2, color="black")
+    ax.set_xticks(range(len(groups)), [g.name for g in groups], rotation=12, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def figures(out: Path, g: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
-    for grp, color in ((simple, "tab:blue"), (deep, "tab:orange"), (bn, "tab:green")):
-        for r in grp.runs:
-            e = np.arange(1, len(r.history) + 1)
-            axes[0].plot(e, [h["accuracy"] for h in r.history], color=color, alpha=0.35, lw=1,
-                         ls="--")
-            axes[0].plot(e, [h["val_accuracy"] for h in r.history], color=color, alpha=0.6,
-                         lw=1.2, label=grp.name if r is grp.runs[0] else None)
-            axes[1].plot(e, [h["val_loss"] for h in r.history], color=color, alpha=0.6, lw=1.2,
-                         label=grp.name if r is grp.runs[0] else None)
-    axes[0].set(xlabel="epoch", ylabel="accuracy (dashed: training, solid: validation)",
-                title="every seed's curves")
-    axes[1].set(xlabel="epoch", ylabel="validation loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
+    simple, deep, bn = g["part1-simple"], g["part2-deep"], g["part4-batchnorm"]
+    es_acc, es_loss = g["part3-es-val_accuracy"], g["part3-es-val_loss"]
 
     fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
-    groups = [simple, deep, es, bn]
-    for i, grp in enumerate(groups):
-        gaps = list(grp.values("overfit_gap").values())
-        axes[0].scatter([i] * len(gaps), gaps, color="tab:blue", alpha=0.7)
-        axes[0].plot([i - 0.2, i + 0.2], [np.mean(gaps)] * 2, color="black")
-    axes[0].set_xticks(range(len(groups)), [x.name for x in groups], rotation=15, fontsize=8)
-    axes[0].set(ylabel="train - val accuracy at the kept epoch", title="over-fitting gap, per seed")
-    axes[0].axhline(0, color="grey", lw=0.8)
+    a, b = fig.subplots(1, 2)
+    _curves(a, simple, "accuracy", "tab:red", label=False, lw=1, alpha=0.5, ls="--")
+    _curves(a, simple, "val_accuracy", "tab:blue", label=False, lw=1.2, alpha=0.7)
+    a.set(xlabel="epoch", ylabel="accuracy", title="1. simple: training (dashed) vs validation")
+    _curves(b, simple, "val_loss", "tab:blue", label=False, lw=1.2, alpha=0.7)
+    b.set(xlabel="epoch", ylabel="validation loss", title="its validation loss, every seed")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    _save(fig, out / "1-overfitting.png")
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    _per_seed(ax, [simple, deep], "test_accuracy", 100)
+    ax.set(ylabel="test accuracy (%)", title="2. deeper network vs simple, per seed")
+    _save(fig, out / "2-depth.png")
+
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
+    for grp, color in ((simple, "tab:blue"), (es_acc, "tab:green"), (es_loss, "tab:orange")):
+        _curves(a, grp, "val_accuracy", color, lw=1.1, alpha=0.7)
+    a.set(xlabel="epoch", ylabel="validation accuracy",
+          title="3. where early stopping ends each run")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    _per_seed(b, [simple, es_acc, es_loss], "test_accuracy", 100)
+    b.set(ylabel="test accuracy (%)", title="test accuracy of the kept weights")
+    _save(fig, out / "3-early-stopping.png")
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    _per_seed(ax, [simple, deep, es_acc, bn], "overfit_gap", 100)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(ylabel="train - validation accuracy (points)",
+           title="4. over-fitting gap at the kept epoch, per seed")
+    _save(fig, out / "4-gaps.png")
+
+    fractions = sorted((x for x in g.values() if x.name.startswith("part5") and x.runs),
+                       key=lambda x: x.swept["fraction"])
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     xs = [f.images for f in fractions]
     acc = [stats.summarize(f.values("test_accuracy").values(), (0, 1)) for f in fractions]
-    axes[1].errorbar(xs, [a.mean for a in acc], yerr=[[a.mean - a.ci_low for a in acc],
-                                                      [a.ci_high - a.mean for a in acc]],
-                     marker="o", capsize=3, label="test accuracy (95% CI)")
-    axes[1].set(xscale="log", xlabel="training images", ylabel="test accuracy",
-                title="part 5: data size")
-    twin = axes[1].twinx()
+    ax.errorbar(xs, [s.mean for s in acc], yerr=[[s.mean - s.ci_low for s in acc],
+                                                 [s.ci_high - s.mean for s in acc]],
+                marker="o", capsize=3)
+    ax.set(xscale="log", xlabel="training images", ylabel="test accuracy (95% CI)",
+           title="5. the batch-norm network against the amount of data")
+    twin = ax.twinx()
     twin.plot(xs, [np.mean(list(f.values("train_time_s").values())) for f in fractions], "s--",
               color="tab:red")
     twin.set_ylabel("training time (s)", color="tab:red")
-    axes[1].grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "gaps-and-data-size.png", dpi=90)
+    ax.grid(alpha=0.3)
+    _save(fig, out / "5-data-size.png")
     print(f"\nfigures in {out}")
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 with garbage, edited by hand. Each is refused in one sentence naming it, exit 2, and the
 folder is left exactly as it was."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,6 +47,7 @@ CASES = {  # file -> (folder it lives in, the command that reads it)
     "study/study.json": ("study", ["report", "{study}"]),
     "study/runs/a/seed-0/metrics.json": ("study", ["report", "{study}"]),
     "study/runs/a/seed-0/history.csv": ("study", ["report", "{study}"]),
+    "study/runs/a/seed-0/confusion_matrix.csv": ("study", ["report", "{study}"]),
     "study/runs/a/seed-0/config.json": ("study", ["evaluate", "{run}"]),
     "study/runs/a/seed-0/model.safetensors": ("study", ["evaluate", "{run}"]),
     "unfinished/checkpoint.pt": ("unfinished", ["train", "--resume", "{unfinished}"]),
@@ -92,3 +94,23 @@ def test_a_damaged_budget_choice_is_refused_in_one_sentence(folders, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "budget_choice" in err and "Traceback" not in err, err
     assert snapshot(tmp_path / "unfinished") == before
+
+
+@pytest.mark.parametrize("damage", ["missing confusion matrix", "no per-class scores"])
+def test_a_report_whose_run_lost_a_file_says_so_in_one_sentence(folders, tmp_path, capsys,
+                                                               damage):
+    shutil.copytree(folders / "study", tmp_path / "study")
+    run = tmp_path / "study/runs/a/seed-0"
+    if damage == "missing confusion matrix":
+        (run / "confusion_matrix.csv").unlink()
+        named = "confusion_matrix.csv is damaged (missing)"
+    else:
+        metrics = json.loads((run / "metrics.json").read_text())
+        del metrics["per_class"]
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        named = "metrics.json is damaged (no per-class F1 for 'airplane')"
+    before = snapshot(tmp_path / "study")
+    assert main(["report", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err, err
+    assert snapshot(tmp_path / "study") == before

@@ -176,7 +176,7 @@ def test_half_size_epochs_are_validated_at_half_size_and_never_chosen_as_best(
     assert m["best_epoch"] in (2, 3) and m["best_val_accuracy"] < 1.0
     assert m["epochs_run"] == 3  # patience is not spent on the half-size epoch
     report = rundir.load_run(tmp_path / "r")
-    from cifarlab.report import Run
+    from cifarlab.results import Run
     values = Run("r", 0, report["config"], report["metrics"], report["history"]).values
     assert values["best_epoch"] == m["best_epoch"] and values["best_val_accuracy"] < 1.0
 

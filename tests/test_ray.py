@@ -20,7 +20,8 @@ from cifarlab import rundir
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.ray_runner import RayOptions
-from cifarlab.report import collect_study, markdown_table
+from cifarlab.results import collect_study
+from cifarlab.verdicts import markdown_table
 from cifarlab.runner import run_study
 from cifarlab.study import load
 

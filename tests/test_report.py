@@ -135,7 +135,7 @@ def test_an_epoch_count_interval_ends_at_the_runs_epoch_cap(tmp_path):
     # the mean reaches past 10, which no run could train; it is cut there and marked.
     from pathlib import Path
 
-    from cifarlab.report import Group, Run
+    from cifarlab.results import Group, Run
     runs = [Run(Path("r"), seed, {"settings": {"epochs": 10}},
                 {"planned_epochs": 10, "test_accuracy": 0.5, "weights_epoch": n},
                 [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0,
@@ -152,7 +152,8 @@ def test_study_curves_mark_each_variants_own_half_size_epochs_and_shade_nothing(
     import math
     from pathlib import Path
 
-    from cifarlab.report import Group, Results, Run, curves_figure
+    from cifarlab.figures import study_curves
+    from cifarlab.results import Group, Results, Run
 
     def run(seed, sizes):
         return Run(Path("r"), seed, {"settings": {"epochs": 4}}, {"test_accuracy": 0.5},
@@ -161,7 +162,7 @@ def test_study_curves_mark_each_variants_own_half_size_epochs_and_shade_nothing(
                     for e, size in enumerate(sizes, 1)])
     results = Results("t", [Group("early", [run(0, (16, 16, 32, 32)), run(1, (16, 32, 32, 32))]),
                             Group("late", [run(0, (32, 32, 32, 32))])], "early", {})
-    axes = curves_figure(results).axes
+    axes = study_curves(results).axes
     for ax in axes:
         assert not ax.patches
         early_dotted, early, late = ax.get_lines()[:3]
@@ -180,7 +181,8 @@ def test_a_budget_study_says_which_width_its_runs_trained():
     # drifts), since its spread then mixes two networks. Given filters: nothing to say.
     from pathlib import Path
 
-    from cifarlab.report import Group, Results, Run, answer
+    from cifarlab.results import Group, Results, Run
+    from cifarlab.verdicts import answer
 
     def run(seed, built, settings):
         chosen = {"filters": list(built), "batch_size": 512, "lr": 0.8} if built == wide else \

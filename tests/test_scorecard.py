@@ -17,7 +17,8 @@ from cifarlab import scorecard
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.questions import measure, parse
-from cifarlab.report import Group, Results, Run, terminal_text
+from cifarlab.results import Group, Results, Run
+from cifarlab.verdicts import terminal_text
 from cifarlab.study import load
 
 ACC = {"baseline": [0.700, 0.712, 0.695, 0.705, 0.708],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from cifarlab import report
+from cifarlab import verdicts
 from cifarlab.stats import (adjust, compare, decide, detectable_difference, plan_text, power_of,
                             seeds_needed, summarize)
 
@@ -75,11 +75,11 @@ def test_the_report_shows_run_pairs_won_as_a_count_not_a_probability():
     # reads as "never better"; the report says what was counted.
     lost = compare({0: 0.70, 1: 0.71, 2: 0.72}, {0: 0.69, 1: 0.685, 2: 0.695})
     assert lost.p_superior == 0.0 and lost.pairs == 9
-    assert report._wins_text(lost) == "0 of 9"
+    assert verdicts._wins_text(lost) == "0 of 9"
     tied = compare({0: 0.1, 1: 0.3, 2: 0.5}, {0: 0.2, 1: 0.4, 2: 0.3})
-    assert report._wins_text(tied) == "4.5 of 9"
+    assert verdicts._wins_text(tied) == "4.5 of 9"
     welch = compare({0: 0.70, 1: 0.72, 2: 0.69, 3: 0.71}, {10: 0.75, 11: 0.74, 12: 0.78})
-    assert report._wins_text(welch) == "12 of 12"
+    assert verdicts._wins_text(welch) == "12 of 12"
 
 
 def test_holm_adjustment_worked_by_hand():

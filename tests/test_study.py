@@ -5,7 +5,8 @@ from conftest import Tiny, alive, group_pids, hold_lock
 
 from cifarlab import runner, study
 from cifarlab.cli import main
-from cifarlab.report import collect_runs, collect_study, markdown_table
+from cifarlab.results import collect_runs, collect_study
+from cifarlab.verdicts import markdown_table
 from cifarlab.study import Scale, apply_scale, load, parse
 
 SMALL_NET = {"blocks": 2, "filters": [8, 16], "dense": [32], "epochs": 2, "val_split": 60,

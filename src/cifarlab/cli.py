@@ -266,7 +266,7 @@ def cmd_study(args) -> int:
         print(studies.to_toml(st), end="")
         return 0
     st.command = ["cifarlab", *args.argv]
-    from . import report
+    from . import report, results as readback, verdicts
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
     started = time.perf_counter()
@@ -282,11 +282,11 @@ def cmd_study(args) -> int:
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))
-    results = report.collect_study(out, equivalence=args.equivalence)
+    results = readback.collect_study(out, equivalence=args.equivalence)
     html_path, md_path = report.write(results, out)
     print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
           f"and {md_path}")
-    print(report.terminal_text(results))
+    print(verdicts.terminal_text(results))
     if failed:
         print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
               "re-run the same command to retry them", file=sys.stderr)
@@ -295,19 +295,19 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report
-    results = report.collect_study(args.dir, equivalence=args.equivalence)
+    from . import report, results as readback, verdicts
+    results = readback.collect_study(args.dir, equivalence=args.equivalence)
     html_path, md_path = report.write(results, args.dir)
-    print(report.terminal_text(results))
+    print(verdicts.terminal_text(results))
     print(f"\nWrote {html_path} and {md_path}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from . import report
-    results = report.collect_runs(args.runs)
+    from . import report, results as readback, verdicts
+    results = readback.collect_runs(args.runs)
     results.equivalence = args.equivalence
-    print(report.terminal_text(results))
+    print(verdicts.terminal_text(results))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         html_path, md_path = report.write(results, args.out)
