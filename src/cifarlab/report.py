@@ -216,7 +216,7 @@ def _html_scorecard(results: Results) -> str:
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<h2>Scorecard</h2><p class="lead">{e(scorecard.summary(answers))}</p>'
             f'<table id="scorecard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
-            f'</tbody></table><p class="note">{e(scorecard.NOTE)}</p>')
+            f'</tbody></table><p class="note">{e(scorecard.NOTE)}</p>\n')
 
 
 def _html(results, images, best, gallery, gallery_note, confused) -> str:
@@ -257,8 +257,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
 {_STYLE}{_SCORECARD_STYLE if results.questions else ""}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
-{_html_scorecard(results)}
-<h2>What this study says</h2><ul class="answer">{said}</ul>
+{_html_scorecard(results)}<h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>
 <p class="note">{e(STAT_NOTE)} Click a column heading to sort.</p>
