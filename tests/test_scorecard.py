@@ -222,7 +222,7 @@ def test_a_study_with_two_questions_opens_every_report_with_their_scorecard(tmp_
     assert main(["study", str(study_file(tmp_path, data)), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     terminal = printed[printed.index("Report:"):].split("\n", 1)[1]
-    assert terminal.startswith("Scorecard of the study's 2 question(s)")
+    assert terminal.startswith("Scorecard. The study asks 2 questions: ")
     rows = [line for line in terminal.split("\n\n")[1].splitlines()[2:]]
     assert [r.split(" | ")[0] for r in rows] == ["| wider is better", "| same time"]
     md = (out / "report.md").read_text()

@@ -15,7 +15,7 @@ from . import figures, rundir, scorecard
 from .errors import CifarlabError
 from .results import METRICS, Group, Results, most_confused_pairs, sweeps
 from .verdicts import (COMPARISON_HEAD, COMPARISON_KEYS, COMPARISON_NOTE, STAT_NOTE, digits,
-                       answer, comparison_cells, comparison_table, scorecard_text, table_rows,
+                       answer, comparison_cells, comparison_table, table_rows,
                        variant_table)
 
 
@@ -103,7 +103,9 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
         parts += [f"> **{results.scale_text}** — not the full study.", ""]
     rows = table_rows(results)
     if results.questions:
-        parts += ["## Scorecard", "", scorecard.NOTE, "", scorecard_text(results).rstrip(), ""]
+        answers = results.answers()
+        parts += ["## Scorecard", "", scorecard.summary(answers), "",
+                  scorecard.markdown(answers), "", scorecard.NOTE, ""]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]

@@ -235,8 +235,9 @@ def summary(answers: list[Answer]) -> str:
         counts[a.verdict] = counts.get(a.verdict, 0) + 1
     order = ("supported", "contradicted", "undecided", "not yet answered", "cannot be answered")
     parts = [f"{counts[k]} {k}" for k in order if k in counts]
-    return f"Scorecard of the study's {len(answers)} question(s): {', '.join(parts)} " \
-           "(Holm-adjusted over the questions answered, 5% level)."
+    asks = f"{len(answers)} question" + ("s" if len(answers) != 1 else "")
+    return f"The study asks {asks}: {', '.join(parts)} (a verdict needs a p-value below 0.05 " \
+           "after Holm's adjustment over the questions answered)."
 
 
 NOTE = ("Each question is a claim the study declares. Estimate: the mean difference (first "

@@ -308,7 +308,8 @@ def scorecard_text(results: Results) -> str:
     if not results.questions:
         return ""
     answers = results.answers()
-    return scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers) + "\n\n"
+    return "Scorecard. " + scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers) + \
+        "\n\n"
 
 
 STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t interval of the mean] "
