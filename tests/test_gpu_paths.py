@@ -181,6 +181,33 @@ def test_the_gpu_check_script_plans_every_check_in_a_dry_run():
     assert len([line for line in only.stdout.splitlines() if line.startswith("- ")]) == 3
 
 
+def test_the_gpu_study_script_plans_the_full_seed_study_within_ten_minutes(tmp_path):
+    """Its dry run exits 0 on a CPU and plans the full-scale 5-seed study at the speed goal
+    within a 10-minute lease (capped runs ending near the original's 20 epochs); the study
+    it runs is the built-in one with every run on the GPU and compiled, questions kept."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cifarlab import study
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    done = subprocess.run([sys.executable, str(bench / "gpu_study.py"), "--dry-run"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "5 seeds, 40 runs" in done.stdout
+    goal = next(line for line in done.stdout.splitlines() if "goal's 70,000" in line)
+    assert float(re.search(r"about ([\d.]+) minutes", goal).group(1)) <= 10
+    sys.path.insert(0, str(bench))
+    try:
+        import gpu_study
+        written = study.load(str(gpu_study.study_file(tmp_path / "seed")))
+    finally:
+        sys.path.remove(str(bench))
+    assert written.defaults["device"] == "cuda" and written.defaults["compile"] is True
+    assert len(written.questions) == 10 and written.name == "seed"
+
+
 def test_the_gpu_check_script_runs_a_check_end_to_end_on_the_cpu(tmp_path):
     """--smoke shrinks each check to seconds on this CPU, so the script's running, logging
     and reading of a run's figures are tested before a lent GPU's minutes are spent on it."""
