@@ -20,16 +20,20 @@ def imports() -> dict[str, set[str]]:
     return graph
 
 
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
-    def reachable(start):
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph.get(todo.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return seen
-    return sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if a in reachable(b)})
+    return sorted({tuple(sorted((a, b))) for a in graph for b in graph[a]
+                   if a in reachable(graph, b)})
 
 
 def test_no_two_modules_import_each_other_even_lazily():
@@ -38,6 +42,31 @@ def test_no_two_modules_import_each_other_even_lazily():
     assert cycles(graph) == []
     assert cycles({**graph, "ray_runner": graph["ray_runner"] | {"runner"}}) == [
         ("ray_runner", "runner")]  # the check sees a circle when there is one
+
+
+# One run's training modules, floor by floor: each imports only modules of lower floors.
+TRAINING_FLOORS = [("precision",), ("evaluate", "optim"), ("budget",), ("width",), ("train",),
+                   ("run",)]
+# The many-runs half: the one-run modules never import it.
+MANY_RUNS = {"study", "runner", "ray_runner", "stats", "report", "cli"}
+
+
+def test_the_training_modules_import_only_those_on_lower_floors():
+    graph = imports()
+    for i, floor in enumerate(TRAINING_FLOORS):
+        higher = {m for upper in TRAINING_FLOORS[i:] for m in upper}
+        for module in floor:
+            assert module in graph, module
+            assert reachable(graph, module) & higher == set(), module
+    # the check sees an import that runs back up
+    assert reachable({**graph, "budget": graph["budget"] | {"train"}}, "budget") & {"train"}
+
+
+def test_one_run_never_imports_the_many_runs_half():
+    graph = imports()
+    one_run = set(graph) - MANY_RUNS - {"__init__", "__main__"}
+    for module in one_run:
+        assert reachable(graph, module) & MANY_RUNS == set(), module
 
 
 def test_no_function_is_longer_than_80_lines():

@@ -12,7 +12,7 @@ import torch
 from conftest import Tiny
 from torch import nn
 
-from cifarlab import RunConfig, load_cifar10, machine, train, train_run
+from cifarlab import RunConfig, load_cifar10, machine, precision, train_run
 from cifarlab.cli import main
 from cifarlab.run import evaluate_run
 
@@ -45,7 +45,7 @@ def cpu_with(bf16: bool, monkeypatch):
 def test_a_cpu_computes_in_bf16_only_where_native_and_by_default_only_for_the_fast_network(
         monkeypatch, native, setting, model, expected):
     cpu_with(native, monkeypatch)
-    assert train.precision(torch.device("cpu"), setting, model) == expected
+    assert precision.precision(torch.device("cpu"), setting, model) == expected
 
 
 def test_the_fast_recipe_trains_in_bf16_on_a_native_cpu_and_float32_on_an_avx2_one(

@@ -180,8 +180,8 @@ def settings_from_args(args) -> RunConfig:
 
 
 def cmd_train(args) -> int:
+    from .precision import resolve_device
     from .run import train_run
-    from .train import resolve_device
     if args.resume:
         given = args.config or any(getattr(args, k) is not None for k in FIELDS)
         cfg = None

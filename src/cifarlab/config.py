@@ -133,7 +133,7 @@ class RunConfig:
     muon_lr: float = 0.05  # muon only: the filters' relative change per step (see muon.py)
     muon_momentum: float = 0.6  # muon only
     # SGD and muon: the rate of biases and batch-norm shifts (None: lr). Their decay per
-    # step stays lr x weight_decay, whatever their rate (see train.make_optimizer)
+    # step stays lr x weight_decay, whatever their rate (see optim.make_optimizer)
     bias_lr: float | None = None
     nesterov: bool = True  # SGD only
     weight_decay: float = 0.0
@@ -160,10 +160,10 @@ class RunConfig:
     # --- the run
     seed: int = 0
     device: str = "auto"
-    compile: bool = False  # torch.compile the training step (a GPU option; see train.py)
+    compile: bool = False  # torch.compile the training step (a GPU option; see precision.py)
     # "auto": bf16 on GPUs that have it natively and for the fast network on CPUs that have
     # it natively (AVX-512 BF16, AMX), else float32; "bf16" on any device with native bf16;
-    # see train.precision
+    # see precision.precision
     precision: str = "auto"
 
     def net_config(self) -> models.NetConfig:

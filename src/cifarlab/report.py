@@ -18,7 +18,7 @@ import numpy as np
 from . import rundir, stats
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
-from .train import is_widest
+from .width import is_widest
 
 # Every metric has one definition, the same for every run (see STAT_NOTE).
 METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val accuracy"),

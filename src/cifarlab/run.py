@@ -22,14 +22,15 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
+from .budget import BudgetTooShort
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, is_widest,
-                    own_random_state, WIDE_FROM_EPOCHS, WIDEST_FROM_EPOCHS, WIDEST_SETTINGS,
-                    prepare_model, resolve_device, run_precision, width_for_budget)
+from .precision import prepare_model, resolve_device, run_precision
+from .train import Diverged, FitResult, Interrupted, fit, own_random_state
+from .width import WIDEST_SETTINGS, choice_record, describe_choice, width_for_budget
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -164,7 +165,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         if verbose:
             _announce(built, net, dataset, train, val, device, out, state)
             if built.filters != cfg.filters:
-                print(_width_line(cfg, built), flush=True)
+                print(describe_choice(cfg, built), flush=True)
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
@@ -287,25 +288,9 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
     return net
 
 
-def _width_line(cfg: RunConfig, built: RunConfig) -> str:
-    """The run's opening line about the network its budget chose (train.width_for_budget)."""
-    chosen = "Filters " + "-".join(map(str, built.filters)) + (
-        f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else "")
-    if is_widest(built.filters):
-        return (f"{chosen} with the GPU recipe's rates (--recipe gpu94): the budget "
-                f"{cfg.budget} buys that network {WIDEST_FROM_EPOCHS:g} epochs or more here, "
-                "where it learns the most (--filters sets the width yourself).")
-    rates = " ".join(f"--{name.replace('_', '-')} {value:g}"
-                     for name, value in _choice_record(cfg, built).items()
-                     if name not in ("filters", "batch_size"))
-    return (f"{chosen}{f' ({rates})' if rates else ''}: the budget {cfg.budget} buys the "
-            f"preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the wider "
-            "network learns more (--filters sets the width yourself).")
-
-
 def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
     """A resumed run's settings with the network, batch and rates it was built and trained
-    with, which a budget may have chosen (train.width_for_budget) rather than the settings."""
+    with, which a budget may have chosen (width.width_for_budget) rather than the settings."""
     config = rundir.load_run(out)["config"]
     chosen = config.get("budget_choice")
     if chosen:
@@ -342,21 +327,12 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
         "labels": labels or {},
-        "budget_choice": _choice_record(cfg, built) if built is not None and built != cfg
+        "budget_choice": choice_record(cfg, built) if built is not None and built != cfg
         else None,
         "distributed": distributed.describe(group) if group is not None else None,
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
-
-
-def _choice_record(cfg: RunConfig, built: RunConfig) -> dict:
-    """config.json's budget_choice: the filters and batch a budget chose, and any rates it
-    changed with them (train.wider, train.widest)."""
-    record = {"filters": list(built.filters), "batch_size": built.batch_size}
-    record.update({name: getattr(built, name) for name in WIDEST_SETTINGS
-                   if name not in record and getattr(built, name) != getattr(cfg, name)})
-    return record
 
 
 @contextlib.contextmanager
