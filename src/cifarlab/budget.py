@@ -107,8 +107,7 @@ class Pacer:
         timed only the epoch's first few steps, may lengthen the phase but not cut it short
         (it stops at most halfway between its share and the plan's end, so a plan that
         really shrank still trains at full size); the whole epoch's speed, measured at its
-        end, can. (A 25-minute run whose re-plan timed 18 steps while the shared machine was
-        briefly busy ended the phase after 13% of the steps instead of 50%.)"""
+        end, can (docs/decisions.md)."""
         target = self.progressive * self.planned
         if self.done >= self.half_res:
             self.half_res = min(self.half_res, target)
@@ -196,15 +195,9 @@ RAMP_PAYS = 0.75  # a half-size step must cost at most this share of a full-size
 
 def ramp_share(progressive: float, half: float, full: float) -> float:
     """The share of a budget's steps to train on 16x16 images: the run's setting where a
-    half-size step is measured at most RAMP_PAYS of a full-size one, else none.
-
-    The 16x16 phase trades what a step teaches for more steps. On CPUs, where it was
-    measured to pay and adopted for the fast recipe, the budget probe finds a half-size step
-    at 0.40-0.51 of a full-size one (2-core AVX-512 EPYC; 0.37-0.42 in float32). On a GPU
-    the fast network's steps are bound by launching kernels, not by the pixels: an H200
-    took the same 3.2-3.7 s an epoch at either size, so the phase bought no steps and cost
-    accuracy (30 s budget, seed 0: 0.8563 with it, 0.8653 without; benchmarks/README.md).
-    The line sits between the two, clear of the probe's spread on either side."""
+    half-size step is measured at most RAMP_PAYS of a full-size one, else none: the phase
+    trades what a step teaches for more steps, which it buys on a CPU but not on a GPU,
+    whose small steps wait on kernel launches (docs/decisions.md)."""
     return progressive if progressive and half <= RAMP_PAYS * full else 0.0
 
 

@@ -33,10 +33,7 @@ def make_optimizer(net: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, foreach=True)
     # Keras' Adam uses epsilon 1e-7 (PyTorch: 1e-8); the study's numbers came from Keras.
-    # PyTorch's fused Adam is one kernel per parameter for the whole update (foreach: eight
-    # passes over every tensor): `deep` at batch 32, whose 1.6 million weights get little
-    # work each, trains 1.08-1.11x faster with it (three ABAB pairs, 2-core Xeon), the
-    # others 0.94-1.10x, within noise. It exists for CPUs and CUDA; elsewhere foreach.
+    # Fused (one kernel per parameter) where PyTorch has it, CPUs and CUDA: docs/decisions.md.
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     fused = bool(params) and params[0].device.type in ("cpu", "cuda")
     return kind(params, lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay,

@@ -36,11 +36,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-# Networks that train under bf16 autocast by default ("auto") on CPUs with native bf16:
-# those whose accuracy in bf16 was measured to hold against float32 on such a CPU, with
-# paired seeds (benchmarks/README.md, "seventh sitting": the fast recipe, 1.3-1.4x faster at
-# the same accuracy). The study's networks stay float32 there unless asked: a study compares
-# its variants against the original's float32 numbers.
+# Networks that train in bf16 by default ("auto") on CPUs with native bf16: those measured to
+# keep their accuracy in it, faster; the study's stay float32 (docs/decisions.md).
 CPU_BF16_BY_DEFAULT = ("fast",)
 
 

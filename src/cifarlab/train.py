@@ -359,9 +359,8 @@ class _Loop:
         """One optimiser step on this process's slice `x` of a global batch of `global_n`
         images; returns the logits and the slice's summed loss."""
         for g in self.stem_groups:
-            # At rate 0 (its share of the steps is over) the stem's bias stands still, so
-            # nothing needs its gradient: without it autograd also skips the first block's
-            # input gradient, 9-11% of a fast-recipe step (measured on a 2-core AVX2 EPYC).
+            # At rate 0 (its share of the steps is over) the stem's bias stands still: without
+            # its gradient autograd skips the first block's input gradient (docs/decisions.md).
             for p in g["params"]:
                 p.requires_grad_(g["lr"] > 0)
         with autocast(self.device, self.dtype):

@@ -17,44 +17,23 @@ from .budget import Plan, plan_steps, steps_per_epoch
 from .config import RECIPES, RunConfig, with_recipe
 from .loader import Batches
 
-WIDE_FILTERS = (32, 128, 128)
+# The ladder's steps and where the budget takes each; docs/decisions.md gives the evidence.
+WIDE_FILTERS = (32, 128, 128)  # the wider network, from WIDE_FROM_EPOCHS of the preset's
 WIDE_FROM_EPOCHS = 4.0
-# The wider network's batch where the training is the recipe's own (none of it given). On a
-# 2-core AVX-512 CPU at 6 minutes (unscaled 140 s budgets, paired by seed, 3 seeds each;
-# benchmarks/README.md, ninth sitting) 32-128-128 scored 0.8731 in batches of 128, 0.8783
-# of 256, 0.8808 of 384, 0.8815 of 512 and 0.8785 of 768 (2 seeds): larger batches share
-# Muon's per-step cost, larger for the wide filter banks, among more images and keep the
-# CPU busier (12% more images in the same time at 384).
+# Its batch and stem schedule where the training is the recipe's own (none of it given) ...
 WIDE_BATCH = 384
-# ... and in those batches no warm-up, the whitening stem's bias trained for the first 37.5%
-# of the steps (then no longer differentiated: see _Loop.step). On the 2-core AVX2 EPYC at
-# 6 reference minutes, paired by seed (benchmarks/README.md, fifteenth sitting): +0.48 points
-# (+0.53, +0.40, +0.52; paired t = 11.6, p = 0.007) on 1.3% more time: 0.8641 against 0.8592.
 WIDE_STEM = {"warmup": 0.0, "whiten_bias": 0.375}
-# Longer budgets, from WIDE_TRAINING_FROM_EPOCHS of the preset's epochs, train it with
-# fewer, larger steps and rates to match, towards the GPU recipe's (whose last two these
-# are). Same CPU, same 140 s budgets (eleventh sitting): +0.19 points over batches of 384
-# (10 seeds, 8 ahead, paired t = 2.5, p = 0.03); at 72 s, where the preset gets about 4.7
-# epochs, -0.14 (6 seeds, none ahead by more than 0.01, p = 0.07). The line lies between
-# those and 9.5 epochs (140 s).
+# ... and from WIDE_TRAINING_FROM_EPOCHS fewer, larger steps with rates to match, towards
+# the GPU recipe's
 WIDE_TRAINING = {"batch_size": 512, "muon_lr": 0.16, "lr": 0.8, **WIDE_STEM}
 WIDE_TRAINING_FROM_EPOCHS = 7.0
-
-# The ladder's top: the GPU recipe's network and training (64-256-256 in batches of 2,000,
-# its rates; RECIPES["gpu94"]), where the budget buys it at least its own 8 epochs. There it
-# scored 0.909 (H200, 3 seeds; 0.9075 on a CPU), above every fast-recipe run at any budget
-# (best 0.8905 in 25 minutes), and 12 and 16 epochs gave 0.916 and 0.919 (H200).
+# The top: the GPU recipe's network and training (RECIPES["gpu94"]), where the budget buys it
+# its own 8 epochs; its training, not its evaluation (the fast recipe's views score the same).
 WIDEST_FROM_EPOCHS = 8.0
-# The settings the top of the ladder takes from the GPU recipe: its training, not its
-# evaluation (the fast recipe's cheaper test-time views score the same: benchmarks/README.md)
 WIDEST_SETTINGS = ("filters", "batch_size", "muon_lr", "lr", "weight_decay", "bias_lr",
                    "warmup", "whiten_bias", "progressive")
-# On a CPU, steps are bound by arithmetic: an epoch of the widest network costs about 5x one
-# of the preset's (2-core AVX-512 CPU, bf16: 76 s against 14.6 s). Below 8 x 4 epochs of the
-# preset it cannot reach its 8, so it is not measured there (its probe takes ~12 s of a
-# CPU's budget). On a GPU the preset's small steps are bound by kernel launches (an H200
-# epoch took 3.2-3.7 s for the preset, 0.25 s for the GPU recipe's batches of 2,000), so
-# the widest network is measured whenever the wider one is chosen.
+# An epoch of it costs about 5 of the preset's on a CPU, where its probe is not even made
+# below WIDEST_FROM_EPOCHS x WIDEST_CPU_COST of the preset's epochs; on a GPU, always.
 WIDEST_CPU_COST = 4.0
 
 
@@ -68,20 +47,12 @@ def width_for_budget(net: nn.Module, train: Batches, val: Batches, cfg: RunConfi
     way). `build(settings)` makes a network, for measuring the widest one.
 
     A wider network takes fewer steps from the same time and pays only when the budget is
-    long. Measured with paired seeds on a 2-core native-bf16 CPU (benchmarks/README.md, ninth
-    sitting), 32-128-128 in batches of 384 against the recipe's 32-64-128 in batches of 128:
-    -0.27 points (-0.66 to +0.33) where the narrow network gets 2.4 epochs (90 s), +1.36
-    (+0.70 to +1.71) at 5.3 epochs (3 minutes); at 10 (6 minutes) +0.82 for the width in
-    batches of 128 and +0.77 more for the batch. So the budget is judged in epochs of the
-    recipe's width on this machine, the line at 4, between the two shortest; from 7 the
-    wider network takes larger batches and rates (WIDE_TRAINING). Above the line, where the
-    settings are the recipe's own, the GPU recipe's network is measured too and taken where
-    the budget buys it WIDEST_FROM_EPOCHS (see there).
-
-    With --compile the width is judged uncompiled: compiling belongs to the run (before its
-    clock starts, compile_model), not to a measurement the budget pays for, and the fast
-    network's speed barely moves with it (0.93-0.97x on a CPU, 1.02x on an H200). The run
-    then makes its own plan, compiled."""
+    long, so the budget is judged in epochs of the preset's width on this machine: from
+    WIDE_FROM_EPOCHS the wider network (`wider`); above that, where the settings are the
+    recipe's own, the GPU recipe's network is measured too and taken where the budget buys
+    it WIDEST_FROM_EPOCHS (`widest`). With --compile the width is judged uncompiled
+    (compiling belongs to the run, before its clock starts), and the run then makes its own
+    plan, compiled. Why these lines: docs/decisions.md."""
     if not (cfg.budget and cfg.model == "fast" and cfg.filters is None):
         return None, None, 0.0
     uncompiled = dataclasses.replace(cfg, compile=False)
