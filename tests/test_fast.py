@@ -90,14 +90,14 @@ def test_a_plan_counts_half_size_steps_and_one_validation_pass_per_epoch_begun()
     assert p.cost(0, 80, 0.5) == 40 * 0.25 + 40 * 1.0 + 2 * 10
     assert p.cost(40, 1, 0.0) == 1 + 10
     assert p.cost(45, 35, 0.0) == 35 + 10  # finishing the epoch in progress
-    p.fit(0, 60.9, 0.0)
+    p.fill(0, 60.9, 0.0)
     assert p.steps == 40  # 41 steps would need a second validation pass: 61 s
-    p.fit(0, 61.0, 0.0)
+    p.fill(0, 61.0, 0.0)
     assert p.steps == 41
-    p.fit(0, 100.0, 0.5)  # half the run at a quarter of the cost
+    p.fill(0, 100.0, 0.5)  # half the run at a quarter of the cost
     assert p.cost(0, p.steps, 0.5) <= 100 < p.cost(0, p.steps + 1, 0.5)
     assert p.steps == 112  # 56 x 0.25 + 56 x 1.0 + 3 passes x 10 = 100 s
-    p.fit(0, 0.5, 0.0)
+    p.fill(0, 0.5, 0.0)
     assert p.steps == 1  # at least one step; plan_steps refuses a budget it cannot fit
 
 
@@ -405,7 +405,7 @@ def test_a_lengthened_plan_never_sends_training_back_to_half_size():
     assert sizes == [16] * 50 + [32] * 10  # the switch came at half of 100 steps
     # The machine turned out faster: the plan grows to 400 steps, which would put the
     # half-size phase's end at step 200, after 10 full-size steps were already trained.
-    pacer.plan.fit(60, 1000.0, cfg.progressive)
+    pacer.plan.fill(60, 1000.0, cfg.progressive)
     pacer.planned = plan.steps
     assert pacer.planned > 200
     for epoch in range(2):

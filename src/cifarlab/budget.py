@@ -158,7 +158,7 @@ class Plan:
         passes = -(-(done + more) // self.steps_per_epoch) - done // self.steps_per_epoch
         return halves * self.half + (more - halves) * self.full + passes * self.validation
 
-    def fit(self, done: int, seconds_left: float, progressive: float) -> None:
+    def fill(self, done: int, seconds_left: float, progressive: float) -> None:
         """Plan the most steps after `done` whose cost fits `seconds_left` (at least one)."""
         low, high = 0, int(seconds_left / min(self.half, self.full)) + 1
         while low < high:
@@ -187,7 +187,7 @@ class Plan:
             self.half = old_half * self.full / old_full
         if validation is not None:
             self.validation = validation
-        self.fit(done, seconds_left, progressive)
+        self.fill(done, seconds_left, progressive)
 
 
 RAMP_PAYS = 0.75  # a half-size step must cost at most this share of a full-size one
@@ -263,7 +263,7 @@ def plan_steps(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
     validation = validation_seconds(probe, val, group, dtype)
     spent = time.perf_counter() - started
     plan = Plan(0, full, half, validation, spent, steps_per_epoch, progressive=share)
-    plan.fit(0, BUDGET_USE * budget - spent, share)
+    plan.fill(0, BUDGET_USE * budget - spent, share)
     if plan.cost(0, plan.steps, share) > BUDGET_USE * budget - spent:
         raise BudgetTooShort(f"the budget {cfg.budget} does not fit one training step and "
                             f"its validation pass on this machine ({full:.2f} s a step, "
@@ -328,7 +328,7 @@ def resumed_plan(net: nn.Module, train: Batches, val: Batches, cfg: RunConfig,
         return Plan(**resume["plan"])
     plan = plan_steps(net, train, val, cfg, steps_per_epoch, group)
     done = resume["epoch"] * steps_per_epoch
-    plan.fit(done, budget_left(cfg, resume["train_time_s"] + plan.measuring_s),
+    plan.fill(done, budget_left(cfg, resume["train_time_s"] + plan.measuring_s),
              plan.progressive)
     if group is not None:
         plan.steps = group.broadcast(plan.steps)

@@ -358,8 +358,8 @@ def _graceful_signals():
 
 
 def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=None) -> dict:
-    tracker = result.tracker
-    best = tracker.best_epoch or result.weights_epoch
+    stopper = result.stopper
+    best = stopper.best_epoch or result.weights_epoch
     best_row = result.history[best - 1]
     last = result.history[-1]
     return {
@@ -369,7 +369,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "test_loss": ev.loss,
         "weights_epoch": result.weights_epoch,
         "weights": "restored best epoch" if result.restored else "last epoch",
-        "monitor": tracker.monitor,
+        "monitor": stopper.monitor,
         "best_epoch": best,
         "best_val_accuracy": best_row["val_accuracy"],
         "best_val_loss": best_row["val_loss"],
@@ -383,7 +383,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "step_seconds": result.step_seconds,
         "tta": cfg.tta,
         "tta_share": cfg.tta_share,
-        "stopped_epoch": tracker.stopped_epoch or None,
+        "stopped_epoch": stopper.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "validation_time_s": result.validation_s,  # part of train_time_s
         "compile_s": result.compile_s,
@@ -427,13 +427,13 @@ def write_outputs(out: Path, net: nn.Module, history: list[dict], ev: Evaluation
     """Everything but config.json; metrics.json last, as the mark of a finished run."""
     rundir.save_weights(out / "model.safetensors", net, {"format_version": rundir.FORMAT_VERSION})
     rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
-    write_report(out, ev, metrics)
+    write_classification_report(out, ev, metrics)
     plots.learning_curves(history, out / "curves.png", metrics["best_epoch"],
                           title=f"{out.name}: test accuracy {ev.accuracy:.4f}")
     rundir.write_json(out / "metrics.json", metrics)
 
 
-def write_report(out: Path, ev: Evaluation, metrics: dict) -> None:
+def write_classification_report(out: Path, ev: Evaluation, metrics: dict) -> None:
     header = (f"Test set, {len(ev.labels):,} images; weights of epoch {metrics['weights_epoch']} "
               f"({metrics['weights']}).\n\n")
     rundir.atomic_write(out / "classification_report.txt", header + ev.report())
@@ -498,7 +498,7 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")
-    write_report(run, ev, metrics)
+    write_classification_report(run, ev, metrics)
     if verbose:
         pairs = ", ".join(f"{t} -> {p}: {c}" for t, p, c in ev.most_confused(3))
         print(ev.report() + f"\nTest accuracy {ev.accuracy:.4f}; most confused: {pairs}\n"

@@ -44,7 +44,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
-    tracker: EarlyStopping | None = None  # the best epoch and, with early stopping, its weights
+    stopper: EarlyStopping | None = None  # the best epoch and, with early stopping, its weights
     stopped_early: bool = False
     weights_epoch: int = 0  # the epoch whose weights the network holds after fit
     restored: bool = False  # True when those are the best epoch's, put back by early stopping
@@ -59,9 +59,9 @@ class FitResult:
     # batch-norm statistics (normstats.py)
 
 
-def make_tracker(cfg: RunConfig) -> EarlyStopping:
-    """The early-stopping monitor, or without early stopping a tracker of the best
-    val_accuracy epoch that never stops and keeps no weights."""
+def make_stopper(cfg: RunConfig) -> EarlyStopping:
+    """The run's early stopping, or without it one that only follows the best val_accuracy
+    epoch: it never stops and keeps no weights."""
     if cfg.early_stopping:
         metric, patience = parse_spec(cfg.early_stopping)
         return EarlyStopping(metric, patience, cfg.min_delta, cfg.start_from_epoch)
@@ -154,7 +154,7 @@ def _fit(loop: _Loop, val: Batches, on_epoch_end, checkpoint, verbose: bool) -> 
         if on_epoch_end is not None:
             on_epoch_end(row)
         if stop and verbose:
-            stopper = loop.result.tracker
+            stopper = loop.result.stopper
             print(f"Early stopping: {stopper.monitor} has not improved for "
                   f"{stopper.patience} epochs; best was epoch {stopper.best_epoch}.", flush=True)
     return _finish(loop, verbose)
@@ -203,7 +203,7 @@ def _after_epoch(loop: _Loop, row: dict, half: bool, val_s: float) -> bool:
     # Only full-size epochs compete for the best epoch (and count towards patience): the
     # network is finally tested on full-size images (the last epoch is one unless the
     # whole run is a step or two).
-    stop = False if half else result.tracker.update(row["epoch"], row, loop.net)
+    stop = False if half else result.stopper.update(row["epoch"], row, loop.net)
     if loop.group is not None:  # rank 0 decides, so the processes cannot disagree
         stop = loop.group.broadcast(stop)
     result.stopped_early = stop
@@ -216,7 +216,7 @@ def _after_epoch(loop: _Loop, row: dict, half: bool, val_s: float) -> bool:
 def _finish(loop: _Loop, verbose: bool) -> FitResult:
     """The result, once the epochs are over: the network keeps its last epoch's weights, or
     with early stopping its best epoch's, put back."""
-    result, stopper = loop.result, loop.result.tracker
+    result, stopper = loop.result, loop.result.stopper
     if loop.pacer.plan is not None:
         result.step_seconds = {"full": loop.pacer.plan.full, "half": loop.pacer.plan.half}
     result.weights_epoch = len(result.history)
@@ -331,7 +331,7 @@ class _Loop:
         done = (resume["epoch"] * steps) if resume is not None else 0
         pacer = Pacer(cfg, steps, planned, plan, group, done,
                       resume.get("half_res") if resume is not None else None)
-        result = FitResult(tracker=make_tracker(cfg), planned_steps=planned,
+        result = FitResult(stopper=make_stopper(cfg), planned_steps=planned,
                            planned_epochs=pacer.epochs, train_time_s=planning_s,
                            compile_s=compile_s, half_size_share=pacer.progressive)
         loop = cls(net, model, train, cfg, opt, make_schedule(opt, cfg, planned, plan),
@@ -393,7 +393,8 @@ class _Loop:
                 "half_res": self.pacer.half_res,
                 "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
-                "tracker": self.result.tracker.state_dict(), "rng": rng_state(),
+                # "tracker": the early stopping's key in every checkpoint written so far
+                "tracker": self.result.stopper.state_dict(), "rng": rng_state(),
                 "lookahead": self.lookahead.state_dict() if self.lookahead else None,
                 "history": self.result.history, "train_time_s": self.result.train_time_s,
                 "validation_s": self.result.validation_s,
@@ -404,7 +405,7 @@ class _Loop:
         self.opt.load_state_dict(resume["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(resume["schedule"])
-        self.result.tracker.load_state_dict(resume["tracker"])
+        self.result.stopper.load_state_dict(resume["tracker"])
         if self.lookahead is not None:
             self.lookahead.load_state_dict(resume["lookahead"])
         set_rng_state(resume["rng"])
