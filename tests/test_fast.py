@@ -283,6 +283,27 @@ def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
     assert err.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
+def test_a_recipe_named_from_python_is_applied_as_the_command_line_applies_it():
+    # RunConfig(recipe="fast") used to train `simple` with Adam while recording "fast".
+    cfg = RunConfig(recipe="fast")
+    assert cfg == RunConfig(**with_recipe({"recipe": "fast"}))
+    assert (cfg.model, cfg.optimizer, cfg.batch_size, cfg.lr, cfg.tta) == (
+        "fast", "muon", 128, 0.5, 2)
+    # settings given beside it win, as flags do, even one at RunConfig's own default
+    given = RunConfig(recipe="fast", lr=0.1, batch_size=32)
+    assert (given.lr, given.batch_size, given.optimizer) == (0.1, 32, "muon")
+    assert RunConfig(recipe="fast", lr=1e-3).lr == 1e-3
+    # every other way in gives the same settings: from_dict (config files, run folders),
+    # the settings a run folder records, dataclasses.replace, a job process's copy
+    assert RunConfig.from_dict({"recipe": "fast", "lr": 0.1, "batch_size": 32}) == given
+    assert RunConfig.from_dict(given.to_dict()) == given
+    assert RunConfig.from_plain(given.to_dict()) == given
+    assert dataclasses.replace(given, seed=3) == RunConfig(recipe="fast", lr=0.1,
+                                                           batch_size=32, seed=3)
+    with pytest.raises(CifarlabError, match="unknown recipe 'slow'; choose one of fast, gpu94"):
+        RunConfig(recipe="slow")
+
+
 def test_a_fast_run_folder_records_its_recipe_and_network(dataset, tmp_path):
     cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 1, "tta": 0}))
     result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)

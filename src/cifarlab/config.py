@@ -8,6 +8,7 @@ the preset's value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from dataclasses import dataclass
@@ -237,17 +238,31 @@ class RunConfig:
     @classmethod
     def from_plain(cls, values: dict) -> "RunConfig":
         """The inverse of `to_dict` for a config cifarlab made itself (sent to a job process
-        or a Ray task): lists back to tuples, no recipe applied again."""
+        or a Ray task): lists back to tuples (every setting is given, so the recipe changes
+        none)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "RunConfig":
         """Build from plain data (JSON, TOML), refusing unknown keys and wrong types."""
-        return cls(**with_recipe(check_settings(values, where))).validate()
+        return cls(**check_settings(values, where)).validate()
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
+
+
+def _applying_recipe(init):
+    """RunConfig's own __init__ with the recipe it names filled in under the settings given,
+    as the command line, study files and from_dict apply it: RunConfig(recipe="fast") is the
+    fast recipe, and a call that gives every setting (replace, from_plain) is unchanged."""
+    @functools.wraps(init)
+    def __init__(self, *args, **given):
+        init(self, **with_recipe({**dict(zip(FIELDS, args)), **given}))
+    return __init__
+
+
+RunConfig.__init__ = _applying_recipe(RunConfig.__init__)
 
 
 def check_settings(values: dict, where: str) -> dict:

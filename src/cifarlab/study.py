@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, check_settings, load_toml, with_recipe
+from .config import RunConfig, check_settings, load_toml
 from .early_stopping import parse_spec
 from .errors import CifarlabError
 
@@ -92,7 +92,7 @@ class Study:
         epochs (a patience of 10 in 50 epochs is 1 in 5), and the data fraction multiplies
         the variant's own (the study's data shrinks, its sweep keeps its proportions)."""
         values = {**self.defaults, **variant.settings, "seed": seed}
-        cfg = RunConfig(**with_recipe(values))
+        cfg = RunConfig(**values)
         epochs = max(1, round(cfg.epochs * self.scale.epochs_scale))
         if self.scale.max_epochs is not None:
             epochs = min(epochs, self.scale.max_epochs)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .budget import Plan, plan_steps, steps_per_epoch
-from .config import RECIPES, RunConfig, with_recipe
+from .config import RECIPES, RunConfig
 from .loader import Batches
 
 # The ladder's steps and where the budget takes each; docs/decisions.md gives the evidence.
@@ -122,7 +122,7 @@ def _own_training(cfg: RunConfig) -> bool:
 
 def _recipe(name: str | None) -> RunConfig | None:
     """A recipe's own settings (its defaults over RunConfig's), or None for no recipe."""
-    return RunConfig(**with_recipe({"recipe": name})) if name in RECIPES else None
+    return RunConfig(recipe=name) if name in RECIPES else None
 
 
 def describe_choice(cfg: RunConfig, built: RunConfig) -> str:
