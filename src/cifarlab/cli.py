@@ -6,6 +6,7 @@ Bad input of any kind ends in one sentence on stderr and exit code 2, never a tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -467,14 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a flag argparse could not parse
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
-    if getattr(args, "force_unlock", False):  # read by rundir.lock, in job processes too
-        from .rundir import FORCE_UNLOCK
-        os.environ[FORCE_UNLOCK] = "1"
+    forced = contextlib.nullcontext()
+    if getattr(args, "force_unlock", False):  # for this command and its job processes only
+        from .rundir import forcing_unlock
+        forced = forcing_unlock()
     try:
         if os.environ.get("CIFARLAB_THREADS"):
             import torch
             torch.set_num_threads(cpu_threads())
-        return args.func(args)
+        with forced:
+            return args.func(args)
     except (CifarlabError, RuntimeError) as e:
         if is_out_of_memory(e):  # e.g. while evaluating, outside a run's own handling
             e = out_of_memory(e)
