@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 from conftest import Tiny, alive, group_pids, hold_lock
@@ -356,6 +357,11 @@ def test_grow_command_replaces_the_seed_count():
         "cifarlab study seed --jobs 2 --seeds 7"
     assert study.with_seeds(["cifarlab", "study", "x.toml", "--seeds=3"], 5) == \
         "cifarlab study x.toml --seeds 5"
+    # A path with a space, or anything else the shell would split or expand, stays one word.
+    command = ["cifarlab", "study", "my study.toml", "--out", "runs/a b", "--seeds", "2"]
+    grown = study.with_seeds(command, 5)
+    assert grown == "cifarlab study 'my study.toml' --out 'runs/a b' --seeds 5"
+    assert shlex.split(grown) == command[:-1] + ["5"]
 
 
 def test_two_identical_variants_are_reported_as_one_run_and_never_compared(tmp_path, data,

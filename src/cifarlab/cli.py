@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 from . import __version__, distributed
-from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml, with_recipe
+from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .trackers import parse as parse_trackers
 
@@ -173,33 +173,34 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
                            default=None, metavar=name.upper(), help=help_text)
 
 
-def settings_from_args(args) -> RunConfig:
-    values = load_toml(args.config) if args.config else {}
-    values = check_settings(values, where=args.config or "config")
+def settings_from_args(args, saved: dict | None = None) -> RunConfig:
+    """The run's settings, each source over the one before: `saved` (a resumed run's own),
+    the --config file, the flags given; a recipe they name fills in the rest. Not validated
+    here: a resumed run's are first compared with its own."""
+    values = check_settings(saved or {}, f"{args.resume}/config.json")
+    if args.config:
+        values.update(check_settings(load_toml(args.config), args.config))
     values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None})
-    return RunConfig(**with_recipe(values)).validate()
+    return RunConfig(**values)
 
 
 def cmd_train(args) -> int:
     from .precision import resolve_device
     from .run import train_run
+    from .study import strip_option
     if args.resume:
         given = args.config or any(getattr(args, k) is not None for k in FIELDS)
         cfg = None
         if given:  # settings on the command line must match the run's own
             from .rundir import load_run
-            saved = load_run(args.resume)["config"]["settings"]
-            values = {**saved, **(check_settings(load_toml(args.config), args.config)
-                                  if args.config else {}),
-                      **{k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}}
-            cfg = RunConfig(**check_settings(values, "settings"))
+            cfg = settings_from_args(args, load_run(args.resume)["config"]["settings"])
         if args.nproc is not None and not distributed.launched():
             return distributed.launch(args.nproc, strip_option(args.argv, "--nproc"))
         train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True,
                   track=parse_trackers(args.track), mlflow_uri=args.mlflow_uri,
                   sync_bn=args.sync_bn)
         return 0
-    cfg = settings_from_args(args)
+    cfg = settings_from_args(args).validate()
     if args.nproc is not None and not distributed.launched():
         if args.sync_bn and resolve_device(cfg.device).type != "cuda":
             raise CifarlabError(distributed.SYNC_BN_CPU)
@@ -211,19 +212,6 @@ def cmd_train(args) -> int:
     train_run(cfg, out=args.out, verbose=not args.quiet, track=parse_trackers(args.track),
               mlflow_uri=args.mlflow_uri, sync_bn=args.sync_bn)
     return 0
-
-
-def strip_option(argv: list[str], flag: str) -> list[str]:
-    """`argv` without `flag VALUE` or `flag=VALUE`."""
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
 
 
 def cmd_evaluate(args) -> int:

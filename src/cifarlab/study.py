@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +137,23 @@ class Study:
 
 
 def with_seeds(command: list[str], seeds: int) -> str:
-    """`command` (a study's command line) with its seed count set to `seeds`: the command
-    that grows the study; its finished runs are kept, only the new seeds train."""
+    """`command` (a study's command line) with its seed count set to `seeds`, quoted for a
+    shell: the command that grows the study; its finished runs are kept, only the new seeds
+    train."""
+    return shlex.join(strip_option(command, "--seeds") + ["--seeds", str(seeds)])
+
+
+def strip_option(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` or `flag=VALUE`."""
     out, skip = [], False
-    for word in command:
+    for arg in argv:
         if skip:
             skip = False
-            continue
-        if word == "--seeds":
+        elif arg == flag:
             skip = True
-            continue
-        if not word.startswith("--seeds="):
-            out.append(word)
-    return " ".join(out + ["--seeds", str(seeds)])
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def _effective(cfg: RunConfig) -> dict:
