@@ -2,7 +2,11 @@
 stay short, and importing cifarlab changes no global setting."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarlab"
 
@@ -81,3 +85,27 @@ def test_nothing_in_the_package_selects_a_matplotlib_backend_or_uses_pyplot():
     for path in PACKAGE.glob("*.py"):
         text = path.read_text()
         assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
+
+
+@pytest.mark.parametrize("code", ["import cifarlab",
+                                  "from cifarlab.cli import main; main(['--help'])",
+                                  "from cifarlab.cli import main; main(['train', '--help'])"])
+def test_importing_cifarlab_or_asking_for_help_leaves_torch_unimported(code):
+    done = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\n"
+                           "print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False"
+
+
+def test_the_public_api_keeps_every_name():
+    import cifarlab
+    assert cifarlab.__all__ == [
+        "RunConfig", "Dataset", "load_cifar10", "EarlyStopping", "CifarlabError", "NetConfig",
+        "build", "count_parameters", "preset", "RunResult", "evaluate_run", "load_network",
+        "train_run", "load_run", "fit", "__version__"]
+    from cifarlab import models, run, rundir, train
+    assert (cifarlab.fit, cifarlab.train_run, cifarlab.load_run, cifarlab.build) == (
+        train.fit, run.train_run, rundir.load_run, models.build)
+    assert set(cifarlab.__all__) <= set(dir(cifarlab))
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        cifarlab.nonsense

@@ -14,7 +14,7 @@ import time
 import typing
 from pathlib import Path
 
-from . import __version__, distributed
+from . import __version__
 from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .trackers import parse as parse_trackers
@@ -185,6 +185,7 @@ def settings_from_args(args, saved: dict | None = None) -> RunConfig:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .precision import resolve_device
     from .run import train_run
     from .study import strip_option
@@ -471,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             e = out_of_memory(e)
         elif not isinstance(e, CifarlabError):
             raise
+        from . import distributed  # (torch: imported only where a command needs it)
         if not distributed.launched() or distributed.report_error(e):
             print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code

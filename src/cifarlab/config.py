@@ -14,9 +14,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import augment, models
-from .early_stopping import parse_spec
 from .errors import CifarlabError
+
+if typing.TYPE_CHECKING:
+    from . import models
 
 try:
     import tomllib
@@ -168,6 +169,7 @@ class RunConfig:
     precision: str = "auto"
 
     def net_config(self) -> models.NetConfig:
+        from . import models  # here, not above: the command line's --help needs no torch
         changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}
         return models.customize(models.preset(self.model), **changes)
 
@@ -221,8 +223,9 @@ class RunConfig:
                               ("bn_reestimate", BN_REESTIMATE), ("precision", PRECISIONS)):
             value = getattr(self, name)
             need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        from . import augment, early_stopping  # (with torch, so only when checking)
         if self.early_stopping:
-            parse_spec(self.early_stopping)
+            early_stopping.parse_spec(self.early_stopping)
         augment.parse(self.augment)
         net = self.net_config()  # unknown preset, impossible shape
         need(self.optimizer != "muon" or net.batchnorm,
