@@ -101,8 +101,8 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
     images = min(config["images"]["train"] * metrics["epochs_run"],
                  metrics["planned_steps"] * batch)
     figures = (f"test accuracy {accuracy:.4f}, training {seconds:.2f} s ({steps_s:.2f} s of "
-               f"steps; the rest validating and planning), compiling {metrics.get('compile_s', 0):.1f} s, "
-               f"{metrics.get('precision')}")
+               f"steps; the rest validating and planning), compiling "
+               f"{metrics.get('compile_s', 0):.1f} s, {metrics.get('precision')}")
     if images:
         figures += f", {images / steps_s:,.0f} images/s in the steps"
     if chosen:
@@ -127,6 +127,7 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
 
 def environment() -> str:
     import platform
+
     import torch
     lines = [f"python {platform.python_version()}, torch {torch.__version__}, CUDA "
              f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"]

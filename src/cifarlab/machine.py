@@ -135,6 +135,7 @@ def training_speed(seconds: float = 4.0, batch: int = 32, fresh: bool = True) ->
                               check=True)
         return float(done.stdout.split()[-1])
     from torch import nn
+
     from . import models
     gen = torch.Generator().manual_seed(0)
     net = models.build(models.preset("simple")).to(memory_format=torch.channels_last)

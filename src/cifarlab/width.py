@@ -89,8 +89,8 @@ def wider(cfg: RunConfig, preset_epochs: float) -> dict:
     """The settings the budget changes when it picks the wider network: its filters, and
     where the training is the recipe's own, its batch and stem schedule (WIDE_BATCH,
     WIDE_STEM), and for a budget that buys the preset `preset_epochs` from
-    WIDE_TRAINING_FROM_EPOCHS on, its batch and rates (WIDE_TRAINING). A batch or rate you give was chosen for the network you asked for: it
-    stays, and so do the recipe's others."""
+    WIDE_TRAINING_FROM_EPOCHS on, its batch and rates (WIDE_TRAINING). A batch or rate you
+    give was chosen for the network you asked for: it stays, and so do the recipe's others."""
     if not _own_training(cfg):
         return {"filters": WIDE_FILTERS}
     if preset_epochs < WIDE_TRAINING_FROM_EPOCHS:
