@@ -30,7 +30,7 @@ from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
 from .precision import prepare_model, resolve_device, run_precision
 from .train import Diverged, FitResult, Interrupted, fit, own_random_state
-from .width import WIDEST_SETTINGS, choice_record, describe_choice, width_for_budget
+from .width import choice_record, chosen_settings, describe_choice, width_for_budget
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -139,7 +139,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     # `built`: the settings the network is built and trained with, the budget's choice of
     # width and batch included (a resumed run keeps the choice it began with)
-    built = _budget_choice(cfg, Path(out)) if resume else cfg
+    built = chosen_settings(cfg, rundir.load_run(out)["config"], Path(out) / "config.json") \
+        if resume else cfg
     train_b = Batches(train, built.batch_size, device, cfg.normalize)
     val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
     test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
@@ -286,32 +287,6 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
     if state is None:
         models.init_whitening(net, train_b.normalise(train_b.x[:WHITEN_IMAGES]))
     return net
-
-
-def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
-    """A resumed run's settings with the network, batch and rates it was built and trained
-    with, which a budget may have chosen (width.width_for_budget) rather than the settings."""
-    config = rundir.load_run(out)["config"]
-    chosen = config.get("budget_choice")
-    if chosen:
-        try:
-            if not isinstance(chosen, dict) or set(chosen) - set(WIDEST_SETTINGS) or \
-                    "filters" not in chosen:
-                raise KeyError("budget_choice")
-            # the filters, the batch and the rates (all numbers)
-            changes = {name: tuple(int(n) for n in value) if name == "filters" else
-                       int(value) if name == "batch_size" else float(value)
-                       for name, value in chosen.items()}
-            return dataclasses.replace(cfg, **changes)
-        except (TypeError, KeyError, ValueError):
-            raise CifarlabError(f"{out / 'config.json'} has a damaged budget_choice (it "
-                                "should name filters, batch_size and any rates the "
-                                "budget chose); the run cannot be "
-                                "resumed, so start a new one") from None
-    network = config.get("network") or {}  # a run from before the batch was chosen too
-    if cfg.filters is None and network.get("filters"):
-        return dataclasses.replace(cfg, filters=tuple(network["filters"]))
-    return cfg
 
 
 def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,

@@ -8,6 +8,7 @@ so the budget is judged in epochs of the preset on this machine (`width_for_budg
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from .budget import Plan, plan_steps, steps_per_epoch
 from .config import RECIPES, RunConfig
+from .errors import CifarlabError
 from .loader import Batches
 
 # The ladder's steps and where the budget takes each; docs/decisions.md gives the evidence.
@@ -148,3 +150,29 @@ def choice_record(cfg: RunConfig, built: RunConfig) -> dict:
     record.update({name: getattr(built, name) for name in WIDEST_SETTINGS
                    if name not in record and getattr(built, name) != getattr(cfg, name)})
     return record
+
+
+def chosen_settings(cfg: RunConfig, config: dict, where: Path) -> RunConfig:
+    """A resumed run's settings with the network, batch and rates it was built and trained
+    with, which its budget may have chosen rather than the settings: from `config`, its
+    config.json (read from `where`), as choice_record wrote it."""
+    chosen = config.get("budget_choice")
+    if chosen:
+        try:
+            if not isinstance(chosen, dict) or set(chosen) - set(WIDEST_SETTINGS) or \
+                    "filters" not in chosen:
+                raise KeyError("budget_choice")
+            # the filters, the batch and the rates (all numbers)
+            changes = {name: tuple(int(n) for n in value) if name == "filters" else
+                       int(value) if name == "batch_size" else float(value)
+                       for name, value in chosen.items()}
+            return dataclasses.replace(cfg, **changes)
+        except (TypeError, KeyError, ValueError):
+            raise CifarlabError(f"{where} has a damaged budget_choice (it "
+                                "should name filters, batch_size and any rates the "
+                                "budget chose); the run cannot be "
+                                "resumed, so start a new one") from None
+    network = config.get("network") or {}  # a run from before the batch was chosen too
+    if cfg.filters is None and network.get("filters"):
+        return dataclasses.replace(cfg, filters=tuple(network["filters"]))
+    return cfg
