@@ -71,9 +71,7 @@ def environment(device: torch.device, group=None) -> dict:
 def _create_out(cfg: RunConfig, out, group) -> Path:
     """Create the run folder; in a data-parallel run rank 0 creates it and tells the others
     where it is (or that it could not)."""
-    if group is None:
-        return rundir.create(Path(out) if out else default_out(cfg))
-    if not group.is_main:
+    if group is not None and not group.is_main:
         ok, text = group.broadcast(None)
         if not ok:
             raise distributed.Follower(text)
@@ -81,9 +79,11 @@ def _create_out(cfg: RunConfig, out, group) -> Path:
     try:
         path = rundir.create(Path(out) if out else default_out(cfg))
     except CifarlabError as e:
-        group.broadcast((False, str(e)))
+        if group is not None:
+            group.broadcast((False, str(e)))
         raise
-    group.broadcast((True, str(path)))
+    if group is not None:
+        group.broadcast((True, str(path)))
     return path
 
 
