@@ -2,13 +2,15 @@
 stay short, and importing cifarlab changes no global setting."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarlab"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "cifarlab"
 
 
 def imports() -> dict[str, set[str]]:
@@ -109,3 +111,10 @@ def test_the_public_api_keeps_every_name():
     assert set(cifarlab.__all__) <= set(dir(cifarlab))
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
         cifarlab.nonsense
+
+
+def test_the_architecture_page_names_every_module_and_no_other():
+    named = set(re.findall(r"`(\w+)\.py`", (ROOT / "docs" / "architecture.md").read_text()))
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    assert named - modules == set()  # named on the page, missing from the package
+    assert modules - named == set()  # in the package, not on the page
