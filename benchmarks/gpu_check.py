@@ -18,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from cifarlab.train import is_widest
+from cifarlab.width import is_widest
 
 GPU94_SEEDS = 3
 GPU94_GOAL = 0.94  # mean test accuracy of the GPU recipe (issue 14: in <= 2.0 s on an H200)
 # The fast recipe's 60 s on a GPU: a floor that says the CUDA path learns and the budget
 # holds. Its own network is launch-bound on a GPU (14,400 images/s on an H200, 2026-11-30:
 # 0.8775 and 0.8737 in 60 s); since then its budget's ladder takes gpu94's network and
-# batches where they fit 8 epochs (train.width_for_budget), not yet run on a GPU.
+# batches where they fit 8 epochs (width.width_for_budget), not yet run on a GPU.
 FAST_FLOOR = 0.85
 
 
@@ -101,8 +101,8 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
     images = min(config["images"]["train"] * metrics["epochs_run"],
                  metrics["planned_steps"] * batch)
     figures = (f"test accuracy {accuracy:.4f}, training {seconds:.2f} s ({steps_s:.2f} s of "
-               f"steps; the rest validating and planning), compiling {metrics.get('compile_s', 0):.1f} s, "
-               f"{metrics.get('precision')}")
+               f"steps; the rest validating and planning), compiling "
+               f"{metrics.get('compile_s', 0):.1f} s, {metrics.get('precision')}")
     if images:
         figures += f", {images / steps_s:,.0f} images/s in the steps"
     if chosen:
@@ -127,6 +127,7 @@ def passed(name: str, code: int, args: list[str]) -> tuple[bool, str]:
 
 def environment() -> str:
     import platform
+
     import torch
     lines = [f"python {platform.python_version()}, torch {torch.__version__}, CUDA "
              f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"]

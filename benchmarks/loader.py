@@ -20,8 +20,9 @@ from torch import nn
 from cifarlab import machine, models
 from cifarlab.augment import parse
 from cifarlab.config import RunConfig
-from cifarlab.loader import Batches, Split
-from cifarlab.train import downsample, make_optimizer, prepare_model
+from cifarlab.loader import Batches, Split, downsample
+from cifarlab.optim import make_optimizer
+from cifarlab.precision import prepare_model
 
 
 def loader_rate(batches: Batches, spec: str, seconds: float) -> float:

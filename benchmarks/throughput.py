@@ -27,7 +27,8 @@ from torch import nn
 from cifarlab import machine, models
 from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
-from cifarlab.train import autocast, make_optimizer, prepare_model
+from cifarlab.optim import make_optimizer
+from cifarlab.precision import autocast, prepare_model
 
 
 def train_flops_per_image(net: nn.Module) -> float:

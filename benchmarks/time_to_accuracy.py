@@ -86,7 +86,8 @@ def main():
 def compare(study_points, fast_points):
     best_time, best = max(study_points, key=lambda p: p[1])
     print(f"\nStudy recipe: best test accuracy {best:.4f} after {best_time:.0f} s.")
-    for target, name in ((best, "the study recipe's best"), (0.77, "0.77, the study's reported best")):
+    for target, name in ((best, "the study recipe's best"),
+                         (0.77, "0.77, the study's reported best")):
         fast_t = first_time_at(fast_points, target)
         study_t = first_time_at(study_points, target)
         if fast_t is None:

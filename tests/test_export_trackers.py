@@ -26,8 +26,8 @@ def run(data, tmp_path_factory):
 
 def reference(run, pixels):
     """What cifarlab itself predicts for raw 0-255 pixels (N x 32 x 32 x 3 uint8)."""
+    from cifarlab.evaluate import predict_logits
     from cifarlab.loader import Batches, Split
-    from cifarlab.train import predict_logits
     net, _ = load_network(run)
     batches = Batches(Split(pixels, np.zeros(len(pixels), np.int64), "x"), 64,
                       torch.device("cpu"), "standard")

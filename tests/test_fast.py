@@ -11,11 +11,14 @@ import torch
 from conftest import Tiny
 from torch import nn
 
-from cifarlab import RunConfig, load_cifar10, models, rundir, train_run
+from cifarlab import RunConfig, budget, load_cifar10, models, rundir, train, train_run, width
+from cifarlab.budget import Plan
 from cifarlab.cli import main
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
-from cifarlab.train import Plan, linear_shape, precision, tta_logits
+from cifarlab.evaluate import tta_logits
+from cifarlab.optim import linear_shape
+from cifarlab.precision import precision
 
 TINY_FAST = dict(recipe="fast", filters=(8, 16, 16), val_split=60, device="cpu", batch_size=32)
 
@@ -87,14 +90,14 @@ def test_a_plan_counts_half_size_steps_and_one_validation_pass_per_epoch_begun()
     assert p.cost(0, 80, 0.5) == 40 * 0.25 + 40 * 1.0 + 2 * 10
     assert p.cost(40, 1, 0.0) == 1 + 10
     assert p.cost(45, 35, 0.0) == 35 + 10  # finishing the epoch in progress
-    p.fit(0, 60.9, 0.0)
+    p.fill(0, 60.9, 0.0)
     assert p.steps == 40  # 41 steps would need a second validation pass: 61 s
-    p.fit(0, 61.0, 0.0)
+    p.fill(0, 61.0, 0.0)
     assert p.steps == 41
-    p.fit(0, 100.0, 0.5)  # half the run at a quarter of the cost
+    p.fill(0, 100.0, 0.5)  # half the run at a quarter of the cost
     assert p.cost(0, p.steps, 0.5) <= 100 < p.cost(0, p.steps + 1, 0.5)
     assert p.steps == 112  # 56 x 0.25 + 56 x 1.0 + 3 passes x 10 = 100 s
-    p.fit(0, 0.5, 0.0)
+    p.fill(0, 0.5, 0.0)
     assert p.steps == 1  # at least one step; plan_steps refuses a budget it cannot fit
 
 
@@ -103,7 +106,7 @@ def test_a_budget_plans_the_steps_from_the_measured_speed_and_keeps_to_it(datase
     # Re-plans at epoch ends only: one within the last epoch (every 50 steps) may change the
     # plan after that epoch's rate was set, as a busy machine made it do in CI. Mid-epoch
     # re-plans have their own tests (the fake-clock ones that use run_paced).
-    from cifarlab.train import Pacer
+    from cifarlab.budget import Pacer
     monkeypatch.setattr(Pacer, "replan_within_epoch", lambda self, spent_before: False)
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "12s", "tta": 0}))
     result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
@@ -151,8 +154,7 @@ def test_half_size_epochs_are_validated_at_half_size_and_never_chosen_as_best(
     """The progressive phase's epochs are validated on 16x16 images as they trained (at full
     size their batch-norm statistics are stale), marked so in history.csv, and never become
     the best epoch: the network is tested at full size."""
-    from cifarlab import train as train_module
-    sizes, original = [], train_module.validate
+    sizes, original = [], train.validate
 
     def validate(net, val, group=None, dtype=None, half=False):
         handle = net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[-1]))
@@ -162,7 +164,7 @@ def test_half_size_epochs_are_validated_at_half_size_and_never_chosen_as_best(
             handle.remove()
         return (0.0, 1.0) if half else (loss, acc)  # a half-size epoch that looks perfect
 
-    monkeypatch.setattr(train_module, "validate", validate)
+    monkeypatch.setattr(train, "validate", validate)
     cfg = RunConfig(**with_recipe({**TINY_FAST, "epochs": 3, "progressive": 0.6, "tta": 0,
                                    "early_stopping": "val_accuracy:1"}))
     result = train_run(cfg, tmp_path / "r", data=dataset, verbose=False)
@@ -224,8 +226,8 @@ def test_tta_averages_flips_and_one_pixel_shifts_with_reflection():
 
 
 def test_selective_tta_gives_all_views_to_the_least_confident_images_only(dataset):
+    from cifarlab.evaluate import predict_logits
     from cifarlab.loader import Batches, split_dataset
-    from cifarlab.train import predict_logits
     torch.manual_seed(0)
     net = models.build(dataclasses.replace(models.preset("fast"), filters=(8, 16, 16))).eval()
     test = Batches(split_dataset(dataset, 0)[2], 32, torch.device("cpu"))  # 100 images
@@ -279,6 +281,27 @@ def test_recipe_fills_settings_and_explicit_ones_win(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "budget 'soon' is not a positive duration" in err
     assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_recipe_named_from_python_is_applied_as_the_command_line_applies_it():
+    # RunConfig(recipe="fast") used to train `simple` with Adam while recording "fast".
+    cfg = RunConfig(recipe="fast")
+    assert cfg == RunConfig(**with_recipe({"recipe": "fast"}))
+    assert (cfg.model, cfg.optimizer, cfg.batch_size, cfg.lr, cfg.tta) == (
+        "fast", "muon", 128, 0.5, 2)
+    # settings given beside it win, as flags do, even one at RunConfig's own default
+    given = RunConfig(recipe="fast", lr=0.1, batch_size=32)
+    assert (given.lr, given.batch_size, given.optimizer) == (0.1, 32, "muon")
+    assert RunConfig(recipe="fast", lr=1e-3).lr == 1e-3
+    # every other way in gives the same settings: from_dict (config files, run folders),
+    # the settings a run folder records, dataclasses.replace, a job process's copy
+    assert RunConfig.from_dict({"recipe": "fast", "lr": 0.1, "batch_size": 32}) == given
+    assert RunConfig.from_dict(given.to_dict()) == given
+    assert RunConfig.from_plain(given.to_dict()) == given
+    assert dataclasses.replace(given, seed=3) == RunConfig(recipe="fast", lr=0.1,
+                                                           batch_size=32, seed=3)
+    with pytest.raises(CifarlabError, match="unknown recipe 'slow'; choose one of fast, gpu94"):
+        RunConfig(recipe="slow")
 
 
 def test_a_fast_run_folder_records_its_recipe_and_network(dataset, tmp_path):
@@ -389,7 +412,7 @@ def test_a_budget_too_short_for_one_step_is_one_sentence_and_leaves_no_folder(
 
 
 def test_a_lengthened_plan_never_sends_training_back_to_half_size():
-    from cifarlab.train import Pacer
+    from cifarlab.budget import Pacer
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))  # progressive 0.5
     plan = Plan(steps=100, full=1.0, half=0.25, validation=0.0, measuring_s=0.0,
                 steps_per_epoch=20)
@@ -403,7 +426,7 @@ def test_a_lengthened_plan_never_sends_training_back_to_half_size():
     assert sizes == [16] * 50 + [32] * 10  # the switch came at half of 100 steps
     # The machine turned out faster: the plan grows to 400 steps, which would put the
     # half-size phase's end at step 200, after 10 full-size steps were already trained.
-    pacer.plan.fit(60, 1000.0, cfg.progressive)
+    pacer.plan.fill(60, 1000.0, cfg.progressive)
     pacer.planned = plan.steps
     assert pacer.planned > 200
     for epoch in range(2):
@@ -418,10 +441,9 @@ def run_paced(monkeypatch, step_seconds):
     Returns the image size of every step taken and the final plan's steps."""
     import types
 
-    from cifarlab import train as train_module
-    from cifarlab.train import Pacer
+    from cifarlab.budget import Pacer
     clock = [0.0]
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))  # progressive 0.5
     # 232 steps of 100 an epoch fill 0.97 x 60 s: 116 at 0.1 s (16x16), 116 at 0.4 s.
     plan = Plan(steps=232, full=0.4, half=0.1, validation=0.0, measuring_s=0.0,
@@ -465,7 +487,7 @@ def test_a_run_that_really_slowed_down_still_ends_at_full_size(monkeypatch):
 
 
 def test_a_plan_still_in_its_half_size_phase_moves_the_switch_with_the_plan():
-    from cifarlab.train import Pacer
+    from cifarlab.budget import Pacer
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "1m"}))
     pacer = Pacer(cfg, 20, 100, Plan(100, 1.0, 0.25, 0.0, 0.0, 20))
     x = torch.zeros(2, 3, 32, 32)
@@ -480,8 +502,8 @@ def test_a_plan_still_in_its_half_size_phase_moves_the_switch_with_the_plan():
 def test_the_budget_probe_measures_validation_instead_of_guessing_it(dataset, monkeypatch):
     # A network whose eval mode is far slower than its training steps: the old guess (half a
     # training step per batch) would plan many more steps than the budget holds.
+    from cifarlab.budget import plan_steps
     from cifarlab.loader import Batches, split_dataset
-    from cifarlab.train import plan_steps
     train_split, val_split, _ = split_dataset(dataset, 60)
     train = Batches(train_split, 32, torch.device("cpu"))
     val = Batches(val_split, 30, torch.device("cpu"))
@@ -504,8 +526,8 @@ def test_the_half_size_phase_is_planned_only_where_half_size_steps_are_cheaper(d
     # On a CPU a 16x16 step costs about a quarter of a 32x32 one; on a GPU the fast
     # network's steps are bound by kernel launches and cost the same at either size, and
     # the phase only costs accuracy. A network whose steps sleep by image size stands in.
+    from cifarlab.budget import Pacer, plan_steps, ramp_share
     from cifarlab.loader import Batches, split_dataset
-    from cifarlab.train import Pacer, plan_steps, ramp_share
     train_split, val_split, _ = split_dataset(dataset, 60)
     train = Batches(train_split, 32, torch.device("cpu"))
     val = Batches(val_split, 30, torch.device("cpu"))
@@ -546,20 +568,19 @@ def interrupt_after_epoch_2(cfg, out, dataset):
 
 def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tmp_path,
                                                                       monkeypatch):
-    from cifarlab import train as train_module
     cfg = RunConfig(**with_recipe({**TINY_FAST, "budget": "8s", "tta": 0}))
     out = tmp_path / "r"
     interrupt_after_epoch_2(cfg, out, dataset)
     # The resumed machine is much slower: each step now takes 25 ms more. Steps planned on
     # the old speed would overrun the budget by several seconds.
     before = rundir.load_checkpoint(out / rundir.CHECKPOINT)["planned_steps"]
-    original = train_module._Loop.step
+    original = train._Loop.step
 
     def slow_step(self, *a):
         time.sleep(0.025)
         return original(self, *a)
 
-    monkeypatch.setattr(train_module._Loop, "step", slow_step)
+    monkeypatch.setattr(train._Loop, "step", slow_step)
     result = train_run(None, out, data=dataset, verbose=False, resume=True)
     m = result.metrics
     assert m["planned_steps"] < 0.8 * before  # re-planned to the slower speed ...
@@ -567,10 +588,13 @@ def test_a_resumed_budget_run_keeps_re_planning_and_holds_its_budget(dataset, tm
 
 
 def _counting_plans(monkeypatch):
-    from cifarlab import train as train_module
-    calls, original = [], train_module.plan_steps
-    monkeypatch.setattr(train_module, "plan_steps",
-                        lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    calls, original = [], budget.plan_steps
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return original(*a, **k)
+    for module in (budget, width):  # each calls it by the name it imported
+        monkeypatch.setattr(module, "plan_steps", counting)
     return calls
 
 
@@ -607,9 +631,8 @@ def test_the_wider_network_takes_its_own_batch_and_rates_where_the_training_is_t
     # WIDE_TRAINING's batches (64 here, for 340 images: 6 steps an epoch instead of 3) with
     # its rates, and a resumed run, whose settings still say batch 128 and the recipe's
     # rates, keeps them.
-    from cifarlab import train as train_module
-    monkeypatch.setitem(train_module.WIDE_TRAINING, "batch_size", 64)
-    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 1e9)  # the top stays out of reach
+    monkeypatch.setitem(width.WIDE_TRAINING, "batch_size", 64)
+    monkeypatch.setattr(width, "WIDEST_CPU_COST", 1e9)  # the top stays out of reach
     per_epoch, rates = _counting_epoch_steps(monkeypatch), _counting_rates(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
     # 12 s: on one core the two probes take ~9 s (6 s did not fit a step after them).
@@ -627,48 +650,49 @@ def test_the_wider_network_takes_its_own_batch_and_rates_where_the_training_is_t
     assert per_epoch == [6, 6] and rates[-1] == (0.8, 0.16, 0.0)
     # Where the budget buys the preset fewer epochs, the wider network keeps the recipe's
     # rates in batches of WIDE_BATCH: fewer, larger steps lost there.
-    assert train_module.wider(cfg, 6.9) == {"filters": (32, 128, 128), "batch_size": 384,
+    assert width.wider(cfg, 6.9) == {"filters": (32, 128, 128), "batch_size": 384,
                                             "warmup": 0.0, "whiten_bias": 0.375}
-    assert train_module.wider(cfg, 7.0)["muon_lr"] == 0.16
+    assert width.wider(cfg, 7.0)["muon_lr"] == 0.16
     # A batch or rate you give stays, and so do the recipe's others: only the width changes.
     for given in ({"batch_size": 256}, {"lr": 0.4}, {"warmup": 0.1}):
         for epochs in (5.0, 10.0):
-            assert train_module.wider(dataclasses.replace(cfg, **given), epochs) == {
+            assert width.wider(dataclasses.replace(cfg, **given), epochs) == {
                 "filters": (32, 128, 128)}
 
 
 def test_the_opening_line_names_the_width_batch_and_rates_the_budget_chose():
-    from cifarlab import train as train_module
-    from cifarlab.run import _width_line
+    from cifarlab.width import describe_choice
     cfg = RunConfig(**with_recipe({"recipe": "fast", "budget": "6m"}))
-    wide = dataclasses.replace(cfg, **train_module.wider(cfg, 10.0))
-    assert _width_line(cfg, wide) == (
+    wide = dataclasses.replace(cfg, **width.wider(cfg, 10.0))
+    assert describe_choice(cfg, wide) == (
         "Filters 32-128-128 in batches of 512 (--muon-lr 0.16 --lr 0.8 --warmup 0 "
         "--whiten-bias 0.375): the budget 6m buys the preset's width 4 epochs or more here, "
         "where the wider network learns more (--filters sets the width yourself).")
     given = dataclasses.replace(cfg, batch_size=256)
-    assert _width_line(given, dataclasses.replace(given, **train_module.wider(given, 10.0))) \
+    assert describe_choice(given, dataclasses.replace(given, **width.wider(given, 10.0))) \
         .startswith("Filters 32-128-128: the budget 6m buys")
-    top = dataclasses.replace(cfg, **train_module.widest(cfg))
-    assert _width_line(cfg, top).startswith(
+    top = dataclasses.replace(cfg, **width.widest(cfg))
+    assert describe_choice(cfg, top).startswith(
         "Filters 64-256-256 in batches of 2000 with the GPU recipe's rates (--recipe gpu94): "
         "the budget 6m buys that network 8 epochs or more here")
 
 
 def _counting_rates(monkeypatch) -> list:
     """(lr, muon_lr, warmup) of each optimiser made."""
-    from cifarlab import train as train_module
-    rates, original = [], train_module.make_optimizer
-    monkeypatch.setattr(train_module, "make_optimizer", lambda net, cfg: (
-        rates.append((cfg.lr, cfg.muon_lr, cfg.warmup)), original(net, cfg))[1])
+    rates, original = [], train.make_optimizer
+
+    def counting(net, cfg):
+        rates.append((cfg.lr, cfg.muon_lr, cfg.warmup))
+        return original(net, cfg)
+    for module in (budget, train):  # the budget's probe, the run
+        monkeypatch.setattr(module, "make_optimizer", counting)
     return rates
 
 
 def _counting_epoch_steps(monkeypatch) -> list:
     """The steps an epoch of each fit call takes, as its pacer is told."""
-    from cifarlab import train as train_module
-    per_epoch, original = [], train_module.Pacer.__init__
-    monkeypatch.setattr(train_module.Pacer, "__init__", lambda self, cfg, n, *a, **k: (
+    per_epoch, original = [], budget.Pacer.__init__
+    monkeypatch.setattr(budget.Pacer, "__init__", lambda self, cfg, n, *a, **k: (
         per_epoch.append(n), original(self, cfg, n, *a, **k))[1])
     return per_epoch
 
@@ -687,9 +711,8 @@ def test_a_budget_that_buys_the_gpu_recipes_network_its_epochs_trains_it_with_it
     # the GPU recipe's network WIDEST_FROM_EPOCHS, the run trains that network in its
     # batches and with its rates, on the plan measured for it (not measured twice), and a
     # resumed run keeps all of it.
-    from cifarlab import train as train_module
     _small_gpu_recipe(monkeypatch)
-    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 1.0)
+    monkeypatch.setattr(width, "WIDEST_FROM_EPOCHS", 1.0)
     calls, per_epoch = _counting_plans(monkeypatch), _counting_epoch_steps(monkeypatch)
     rates = _counting_rates(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
@@ -713,41 +736,39 @@ def test_a_budget_that_buys_the_gpu_recipes_network_its_epochs_trains_it_with_it
 
 def test_the_ladders_top_is_measured_only_where_it_can_pay(dataset, tmp_path, monkeypatch):
     # Its own epochs below the line: measured, then the wider network's settings after all.
-    from cifarlab import train as train_module
     _small_gpu_recipe(monkeypatch)
-    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 1e9)
-    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 0.0)
+    monkeypatch.setattr(width, "WIDEST_FROM_EPOCHS", 1e9)
+    monkeypatch.setattr(width, "WIDEST_CPU_COST", 0.0)
     # Three probes must fit the budget on a slow CPU: 4 s did not on a 2-core AVX2 one, whose
     # step of the wider network on all 340 images in one batch of 512 took ~0.8 s (seen in
     # CI); on one core the preset's probe alone takes ~3.5 s.
-    monkeypatch.setitem(train_module.WIDE_TRAINING, "batch_size", 64)
+    monkeypatch.setitem(width.WIDE_TRAINING, "batch_size", 64)
     calls = _counting_plans(monkeypatch)
     recipe_batch = {k: v for k, v in PRESET_FAST.items() if k != "batch_size"}
     cfg = RunConfig(**with_recipe({**recipe_batch, "budget": "15s"}))
     train_run(cfg, tmp_path / "wide", data=dataset, verbose=False)
     config = json.loads((tmp_path / "wide" / "config.json").read_text())
     assert config["budget_choice"] == {"filters": [32, 128, 128],
-                                       **train_module.WIDE_TRAINING}
+                                       **width.WIDE_TRAINING}
     assert len(calls) == 3  # preset, top, and the wider network's own plan
     # A rate you give keeps the ladder below its top: it was chosen for another network.
-    assert train_module.widest(dataclasses.replace(cfg, lr=0.4)) is None
-    assert train_module.widest(dataclasses.replace(cfg, batch_size=256)) is None
-    assert train_module.widest(dataclasses.replace(cfg, progressive=0.0)) is None
-    assert train_module.widest(cfg)["filters"] == (16, 48, 48)
+    assert width.widest(dataclasses.replace(cfg, lr=0.4)) is None
+    assert width.widest(dataclasses.replace(cfg, batch_size=256)) is None
+    assert width.widest(dataclasses.replace(cfg, progressive=0.0)) is None
+    assert width.widest(cfg)["filters"] == (16, 48, 48)
     # On a CPU its epochs cost about 5 of the preset's, so it is measured only from 8 x 4
     # of those; on a GPU, whose small steps wait on kernel launches, always.
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train_module, "WIDEST_FROM_EPOCHS", 8.0)
-    monkeypatch.setattr(train_module, "WIDEST_CPU_COST", 4.0)
-    assert not train_module.widest_in_reach(cpu, 31.9)
-    assert train_module.widest_in_reach(cpu, 32.0)
-    assert train_module.widest_in_reach(gpu, 4.0)
+    monkeypatch.setattr(width, "WIDEST_FROM_EPOCHS", 8.0)
+    monkeypatch.setattr(width, "WIDEST_CPU_COST", 4.0)
+    assert not width.widest_in_reach(cpu, 31.9)
+    assert width.widest_in_reach(cpu, 32.0)
+    assert width.widest_in_reach(gpu, 4.0)
 
 
 def test_a_short_budget_keeps_the_preset_width_and_measures_it_once(dataset, tmp_path,
                                                                      monkeypatch):
-    from cifarlab import train as train_module
-    monkeypatch.setattr(train_module, "WIDE_FROM_EPOCHS", 1e9)  # no budget is long enough
+    monkeypatch.setattr(width, "WIDE_FROM_EPOCHS", 1e9)  # no budget is long enough
     calls = _counting_plans(monkeypatch)
     cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "3s"}))
     train_run(cfg, tmp_path / "narrow", data=dataset, verbose=False)
@@ -757,7 +778,7 @@ def test_a_short_budget_keeps_the_preset_width_and_measures_it_once(dataset, tmp
 
 
 def test_filters_you_give_are_never_replaced_by_the_budget():
-    from cifarlab.train import width_for_budget
+    from cifarlab.width import width_for_budget
     given = RunConfig(**with_recipe({**PRESET_FAST, "budget": "1h", "filters": (32, 64, 128)}))
     assert width_for_budget(None, None, None, given) == (None, None, 0.0)
     gpu = RunConfig(**with_recipe({**PRESET_FAST, "recipe": "gpu94", "budget": "1h"}))
@@ -768,20 +789,19 @@ def test_the_width_is_judged_uncompiled_and_a_compiled_run_plans_its_own_steps(d
                                                                                monkeypatch):
     # Compiling is the run's (before its clock starts), not a measurement the budget pays
     # for: the width probe never compiles, and its uncompiled plan is not handed on.
-    from cifarlab import train as train_module
     from cifarlab.loader import Batches, split_dataset
     seen = []
-    original = train_module.plan_steps
-    monkeypatch.setattr(train_module, "plan_steps",
+    original = budget.plan_steps
+    monkeypatch.setattr(width, "plan_steps",
                         lambda *a, **k: seen.append(a[3].compile) or original(*a, **k))
-    monkeypatch.setattr(train_module, "WIDE_FROM_EPOCHS", 1e9)  # the width stays
+    monkeypatch.setattr(width, "WIDE_FROM_EPOCHS", 1e9)  # the width stays
     train_split, val_split, _ = split_dataset(dataset, 60)
     train = Batches(train_split, 32, torch.device("cpu"))
     val = Batches(val_split, 30, torch.device("cpu"))
     cfg = RunConfig(**with_recipe({**PRESET_FAST, "budget": "3s"}))
     net = models.build(cfg.net_config())
-    wide, plan, spent = train_module.width_for_budget(
+    wide, plan, spent = width.width_for_budget(
         net, train, val, dataclasses.replace(cfg, compile=True))
     assert seen == [False] and wide is None and plan is None and spent > 0
-    _, plan, _ = train_module.width_for_budget(net, train, val, cfg)
+    _, plan, _ = width.width_for_budget(net, train, val, cfg)
     assert plan is not None  # uncompiled runs reuse the measurement

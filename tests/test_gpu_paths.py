@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab import errors, runner, train
+from cifarlab import budget, errors, evaluate, precision, runner, train
 from cifarlab.config import RunConfig
 
 
@@ -18,16 +18,16 @@ from cifarlab.config import RunConfig
 def test_bf16_only_on_gpus_with_native_bf16(monkeypatch, capability, expected):
     # A T4 (7.5) or V100 (7.0) runs bf16 convolutions on a slow path: float32 there.
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert train.precision(torch.device("cuda", 0)) == expected
-    assert train.precision(torch.device("cpu")) is None
+    assert precision.precision(torch.device("cuda", 0)) == expected
+    assert precision.precision(torch.device("cpu")) is None
 
 
 def test_compile_on_a_gpu_older_than_7_0_is_refused_in_one_sentence(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100")
     with pytest.raises(errors.CifarlabError, match=r"compute capability 7.0 .*Tesla P100.* 6.0"):
-        train.check_compile(torch.device("cuda", 0))
-    train.check_compile(torch.device("cpu"))  # nothing to check on the CPU
+        precision.check_compile(torch.device("cuda", 0))
+    precision.check_compile(torch.device("cpu"))  # nothing to check on the CPU
 
 
 def test_compile_traces_static_shapes(monkeypatch):
@@ -44,7 +44,7 @@ def test_compile_traces_static_shapes(monkeypatch):
                   torch.zeros(10, dtype=torch.long).numpy(), "train")
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     batches = Batches(split, 4, torch.device("cpu"))
-    train.compile_model(net, net, batches, RunConfig(progressive=0.5))
+    precision.compile_model(net, net, batches, RunConfig(progressive=0.5))
     assert seen == {"dynamic": False}
 
 
@@ -53,7 +53,7 @@ def test_test_time_augmentation_averages_views_in_float32():
         def forward(self, x):
             return (x.mean((2, 3)) * 1.001 + x[:, :, 0, 0] * 1e-3).to(torch.bfloat16)
     x = torch.rand(4, 3, 8, 8)
-    out = train.tta_logits(HalfNet(), x, level=2)
+    out = evaluate.tta_logits(HalfNet(), x, level=2)
     assert out.dtype == torch.float32
     net = HalfNet()
     v = [net(x).float(), net(x.flip(3)).float()]
@@ -157,7 +157,7 @@ def test_the_budget_probe_under_ddp_times_slices_in_a_fixed_number_of_steps(monk
     original = net.forward
     monkeypatch.setattr(nn.Sequential, "forward", lambda self, x: (
         sizes.append(len(x)) if self.training else None, original(x))[1])
-    plan = train.plan_steps(net, batches, batches, RunConfig(budget="10m"), 4, group)
+    plan = budget.plan_steps(net, batches, batches, RunConfig(budget="10m"), 4, group)
     assert set(sizes) == {8}  # half of each global batch of 16
     assert len(sizes) == 1 + 10  # warm-up and 10 timed steps, whatever the clock says
     assert plan.steps > 0

@@ -66,3 +66,16 @@ def test_a_lock_left_by_another_host_is_refused_unless_broken_deliberately(tmp_p
     monkeypatch.setenv(rundir.FORCE_UNLOCK, "1")
     with rundir.lock(tmp_path):
         assert (tmp_path / ".lock").read_text().startswith(socket.gethostname())
+
+
+def test_force_unlock_lasts_only_for_the_command_that_asked_for_it(tmp_path, monkeypatch):
+    # It travels to job processes as an environment variable, which used to stay set, so every
+    # later lock in the same process (a notebook, a test session) was forced too.
+    from cifarlab.cli import main
+    monkeypatch.delenv(rundir.FORCE_UNLOCK, raising=False)
+    assert main(["train", "--force-unlock", "--epochs", "0"]) == 2  # refused, ends at once
+    assert rundir.FORCE_UNLOCK not in os.environ
+    (tmp_path / ".lock").write_text("gpu-node-7 4242")
+    with pytest.raises(CifarlabError, match="--force-unlock"):
+        with rundir.lock(tmp_path):
+            pass

@@ -16,8 +16,8 @@ def test_presets_have_the_studys_parameter_counts(name, trainable, stats):
 
 
 def layer_kinds(net):
-    short = {nn.Conv2d: "conv", models.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "pool",
-             nn.Flatten: "flatten", nn.Dropout: "drop", nn.Linear: "dense",
+    short = {nn.Conv2d: "conv", models.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu",
+             nn.MaxPool2d: "pool", nn.Flatten: "flatten", nn.Dropout: "drop", nn.Linear: "dense",
              nn.AdaptiveAvgPool2d: "gap"}
     return [short[type(m)] for m in net]
 

@@ -10,7 +10,7 @@ from cifarlab import RunConfig, models
 from cifarlab.config import with_recipe
 from cifarlab.errors import CifarlabError
 from cifarlab.muon import Muon, orthogonalise, orthogonalise_many
-from cifarlab.train import make_optimizer, make_schedule
+from cifarlab.optim import make_optimizer, make_schedule
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16), (8, 4, 3, 3)])

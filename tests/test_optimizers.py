@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cifarlab import RunConfig
-from cifarlab.train import make_optimizer
+from cifarlab.optim import make_optimizer
 
 REFERENCE = {  # the plain, unfused PyTorch optimiser each setting must step like
     "adam": lambda p: torch.optim.Adam(p, lr=0.01, eps=1e-7, weight_decay=1e-3,

@@ -12,7 +12,7 @@ import torch
 from conftest import Tiny
 from torch import nn
 
-from cifarlab import RunConfig, load_cifar10, machine, train, train_run
+from cifarlab import RunConfig, load_cifar10, machine, precision, train_run
 from cifarlab.cli import main
 from cifarlab.run import evaluate_run
 
@@ -45,7 +45,7 @@ def cpu_with(bf16: bool, monkeypatch):
 def test_a_cpu_computes_in_bf16_only_where_native_and_by_default_only_for_the_fast_network(
         monkeypatch, native, setting, model, expected):
     cpu_with(native, monkeypatch)
-    assert train.precision(torch.device("cpu"), setting, model) == expected
+    assert precision.precision(torch.device("cpu"), setting, model) == expected
 
 
 def test_the_fast_recipe_trains_in_bf16_on_a_native_cpu_and_float32_on_an_avx2_one(
@@ -150,7 +150,10 @@ def test_the_training_speed_is_measured_in_a_fresh_process_as_the_reference_was(
     assert 0 < speed < 1e5
 
 
-@pytest.mark.skipif(not machine.keep_freed_memory(), reason="glibc's malloc only")
+GLIBC_ONLY = pytest.mark.skipif(machine.glibc_mallopt() is None, reason="glibc's malloc only")
+
+
+@GLIBC_ONLY
 @pytest.mark.parametrize("megabytes", [8, 96])
 def test_training_keeps_freed_memory_for_the_next_step(tmp_path, megabytes):
     # In a fresh process glibc hands a freed 8 MB block back at once (its pages leave the
@@ -176,6 +179,30 @@ print(before - resident())
                 for how in ("default", "keep")}
     assert returned["default"] >= (megabytes - 1) << 20  # its pages went back to the system
     assert returned["keep"] < 1 << 20  # kept
+
+
+@GLIBC_ONLY
+def test_after_training_the_process_hands_freed_memory_back_again(tmp_path):
+    # A notebook that trained once used to keep every freed block of up to 1 GB for good.
+    code = '''
+import numpy as np, torch
+from cifarlab import RunConfig, fit, models
+from cifarlab.loader import Batches, Split
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+split = Split(np.zeros((40, 32, 32, 3), np.uint8), np.arange(40) % 10, "train")
+batches = Batches(split, 20, torch.device("cpu"))
+fit(models.build(models.preset("simple")), batches, batches, RunConfig(epochs=1), verbose=False)
+block = bytearray(96 << 20)
+before = resident()
+del block
+print(before - resident())
+'''
+    script = tmp_path / "after_fit.py"
+    script.write_text(code)
+    returned = int(subprocess.run([sys.executable, str(script)], check=True,
+                                  capture_output=True, text=True).stdout)
+    assert returned >= 95 << 20
 
 
 def test_fit_keeps_freed_memory(dataset, tmp_path, monkeypatch):

@@ -21,9 +21,9 @@ from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.ray_runner import RayOptions
 from cifarlab.results import collect_study
-from cifarlab.verdicts import markdown_table
 from cifarlab.runner import run_study
 from cifarlab.study import load
+from cifarlab.verdicts import markdown_table
 
 RAY = Path(sys.executable).with_name("ray")
 

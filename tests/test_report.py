@@ -35,8 +35,9 @@ def test_html_report_is_self_contained_with_every_section(study_dir):
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(href|src)="(https?:)?//', page)  # nothing fetched from a network
-    for heading in ("What this study says", "Settings", "Results", "Learning curves", "Accuracy against the swept "
-                    "settings", "Confusion matrices and per-class F1", "Most confused class pairs",
+    for heading in ("What this study says", "Settings", "Results", "Learning curves",
+                    "Accuracy against the swept settings", "Confusion matrices and per-class F1",
+                    "Most confused class pairs",
                     "Misclassified test images of the best variant"):
         assert f"<h2>{heading}" in page, heading
     assert "SCALED DOWN: at most 2 epochs" in page

@@ -131,6 +131,27 @@ def test_resuming_with_changed_settings_is_refused_naming_them(dataset, tmp_path
     assert "holds a finished run; there is nothing to resume" in capsys.readouterr().err
 
 
+def test_settings_given_to_a_resume_merge_with_the_folders_as_a_new_runs_do(data_dir, tmp_path,
+                                                                             capsys):
+    # One merge for both (the folder's settings, then the file, then the flags): a recipe
+    # fills in a setting the folder does not record (it came later), and a damaged one is
+    # named by its file.
+    out = tmp_path / "run"
+    cfg = RunConfig(recipe="fast", filters=(8, 16, 16), val_split=60, device="cpu",
+                    batch_size=32, epochs=2, tta=0, data=str(data_dir))
+    with pytest.raises(Crash):
+        train_run(cfg, out, verbose=False, on_epoch_end=crash_after(1))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(
+        {**config, "settings": {**config["settings"], "lr": "fast"}}))
+    assert main(["train", "--resume", str(out), "--seed", "0"]) == 2
+    assert f"{out}/config.json: setting 'lr' must be a number" in capsys.readouterr().err
+    del config["settings"]["tta_share"]  # the recipe's is 0.3, RunConfig's 1.0
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(out), "--seed", "0", "--quiet"]) == 0
+    assert rundir.is_finished(out)
+
+
 def test_a_second_process_on_the_same_run_folder_is_refused(dataset, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):

@@ -8,8 +8,8 @@ from conftest import Tiny
 
 from cifarlab import RunConfig, evaluate_run, load_cifar10, load_network, load_run, train_run
 from cifarlab.errors import CifarlabError
+from cifarlab.evaluate import loss_and_accuracy, predict_logits
 from cifarlab.loader import Batches, split_dataset
-from cifarlab.train import loss_and_accuracy, predict_logits
 
 RUN_FILES = {"config.json", "history.csv", "metrics.json", "model.safetensors",
              "classification_report.txt", "confusion_matrix.csv", "curves.png",

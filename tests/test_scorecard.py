@@ -17,8 +17,7 @@ from cifarlab import scorecard
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.questions import measure, parse
-from cifarlab.results import Group, Results, Run
-from cifarlab.verdicts import terminal_text
+from cifarlab.results import Group, Run
 from cifarlab.study import load
 
 ACC = {"baseline": [0.700, 0.712, 0.695, 0.705, 0.708],

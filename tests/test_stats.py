@@ -5,8 +5,16 @@ import pytest
 from scipy import stats as st
 
 from cifarlab import verdicts
-from cifarlab.stats import (adjust, compare, decide, detectable_difference, plan_text, power_of,
-                            seeds_needed, summarize)
+from cifarlab.stats import (
+    adjust,
+    compare,
+    decide,
+    detectable_difference,
+    plan_text,
+    power_of,
+    seeds_needed,
+    summarize,
+)
 
 
 def test_summary_mean_std_and_student_t_interval():
@@ -121,7 +129,8 @@ def test_identical_runs_and_zero_spread_get_no_p_value():
     assert same.diff == 0 and math.isnan(same.p_value) and not same.testable
     assert same.verdict == "identical results on every seed (no test needed)"
     shifted = decide({"v": compare({0: 0.7, 1: 0.6, 2: 0.5}, {0: 0.72, 1: 0.62, 2: 0.52})})["v"]
-    assert math.isnan(shifted.p_value) and shifted.verdict == "no spread over seeds: no test possible"
+    assert math.isnan(shifted.p_value)
+    assert shifted.verdict == "no spread over seeds: no test possible"
     assert "better" not in shifted.verdict
 
 

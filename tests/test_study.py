@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 from conftest import Tiny, alive, group_pids, hold_lock
@@ -6,8 +7,8 @@ from conftest import Tiny, alive, group_pids, hold_lock
 from cifarlab import runner, study
 from cifarlab.cli import main
 from cifarlab.results import collect_runs, collect_study
-from cifarlab.verdicts import markdown_table
 from cifarlab.study import Scale, apply_scale, load, parse
+from cifarlab.verdicts import markdown_table
 
 SMALL_NET = {"blocks": 2, "filters": [8, 16], "dense": [32], "epochs": 2, "val_split": 60,
              "device": "cpu"}
@@ -357,6 +358,11 @@ def test_grow_command_replaces_the_seed_count():
         "cifarlab study seed --jobs 2 --seeds 7"
     assert study.with_seeds(["cifarlab", "study", "x.toml", "--seeds=3"], 5) == \
         "cifarlab study x.toml --seeds 5"
+    # A path with a space, or anything else the shell would split or expand, stays one word.
+    command = ["cifarlab", "study", "my study.toml", "--out", "runs/a b", "--seeds", "2"]
+    grown = study.with_seeds(command, 5)
+    assert grown == "cifarlab study 'my study.toml' --out 'runs/a b' --seeds 5"
+    assert shlex.split(grown) == command[:-1] + ["5"]
 
 
 def test_two_identical_variants_are_reported_as_one_run_and_never_compared(tmp_path, data,

@@ -9,17 +9,28 @@ The Python API in one glance (the command line is a thin shell over it):
     result.metrics["test_accuracy"]
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .config import RunConfig  # noqa: E402
-from .data import Dataset, load_cifar10  # noqa: E402
-from .early_stopping import EarlyStopping  # noqa: E402
-from .errors import CifarlabError  # noqa: E402
-from .models import NetConfig, build, count_parameters, preset  # noqa: E402
-from .run import RunResult, evaluate_run, load_network, train_run  # noqa: E402
-from .rundir import load_run  # noqa: E402
-from .train import fit  # noqa: E402
+# Each public name and the module that defines it, imported when first used (PEP 562), so
+# that `import cifarlab` and `cifarlab --help` do not load torch.
+_HOMES = {"RunConfig": "config", "Dataset": "data", "load_cifar10": "data",
+          "EarlyStopping": "early_stopping", "CifarlabError": "errors", "NetConfig": "models",
+          "build": "models", "count_parameters": "models", "preset": "models",
+          "RunResult": "run", "evaluate_run": "run", "load_network": "run", "train_run": "run",
+          "load_run": "rundir", "fit": "train"}
 
-__all__ = ["RunConfig", "Dataset", "load_cifar10", "EarlyStopping", "CifarlabError",
-           "NetConfig", "build", "count_parameters", "preset", "RunResult", "evaluate_run",
-           "load_network", "train_run", "load_run", "fit", "__version__"]
+__all__ = [*_HOMES, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

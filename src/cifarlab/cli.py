@@ -6,6 +6,7 @@ Bad input of any kind ends in one sentence on stderr and exit code 2, never a tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -13,8 +14,8 @@ import time
 import typing
 from pathlib import Path
 
-from . import __version__, distributed
-from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml, with_recipe
+from . import __version__
+from .config import FIELDS, RunConfig, check_settings, cpu_threads, load_toml
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .trackers import parse as parse_trackers
 
@@ -172,33 +173,35 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
                            default=None, metavar=name.upper(), help=help_text)
 
 
-def settings_from_args(args) -> RunConfig:
-    values = load_toml(args.config) if args.config else {}
-    values = check_settings(values, where=args.config or "config")
+def settings_from_args(args, saved: dict | None = None) -> RunConfig:
+    """The run's settings, each source over the one before: `saved` (a resumed run's own),
+    the --config file, the flags given; a recipe they name fills in the rest. Not validated
+    here: a resumed run's are first compared with its own."""
+    values = check_settings(saved or {}, f"{args.resume}/config.json")
+    if args.config:
+        values.update(check_settings(load_toml(args.config), args.config))
     values.update({k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None})
-    return RunConfig(**with_recipe(values)).validate()
+    return RunConfig(**values)
 
 
 def cmd_train(args) -> int:
+    from . import distributed
+    from .precision import resolve_device
     from .run import train_run
-    from .train import resolve_device
+    from .study import strip_option
     if args.resume:
         given = args.config or any(getattr(args, k) is not None for k in FIELDS)
         cfg = None
         if given:  # settings on the command line must match the run's own
             from .rundir import load_run
-            saved = load_run(args.resume)["config"]["settings"]
-            values = {**saved, **(check_settings(load_toml(args.config), args.config)
-                                  if args.config else {}),
-                      **{k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}}
-            cfg = RunConfig(**check_settings(values, "settings"))
+            cfg = settings_from_args(args, load_run(args.resume)["config"]["settings"])
         if args.nproc is not None and not distributed.launched():
             return distributed.launch(args.nproc, strip_option(args.argv, "--nproc"))
         train_run(cfg, out=args.resume, verbose=not args.quiet, resume=True,
                   track=parse_trackers(args.track), mlflow_uri=args.mlflow_uri,
                   sync_bn=args.sync_bn)
         return 0
-    cfg = settings_from_args(args)
+    cfg = settings_from_args(args).validate()
     if args.nproc is not None and not distributed.launched():
         if args.sync_bn and resolve_device(cfg.device).type != "cuda":
             raise CifarlabError(distributed.SYNC_BN_CPU)
@@ -210,19 +213,6 @@ def cmd_train(args) -> int:
     train_run(cfg, out=args.out, verbose=not args.quiet, track=parse_trackers(args.track),
               mlflow_uri=args.mlflow_uri, sync_bn=args.sync_bn)
     return 0
-
-
-def strip_option(argv: list[str], flag: str) -> list[str]:
-    """`argv` without `flag VALUE` or `flag=VALUE`."""
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -266,7 +256,8 @@ def cmd_study(args) -> int:
         print(studies.to_toml(st), end="")
         return 0
     st.command = ["cifarlab", *args.argv]
-    from . import report, results as readback, verdicts
+    from . import report, verdicts
+    from . import results as readback
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
     started = time.perf_counter()
@@ -295,7 +286,8 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report, results as readback, verdicts
+    from . import report, verdicts
+    from . import results as readback
     results = readback.collect_study(args.dir, equivalence=args.equivalence)
     html_path, md_path = report.write(results, args.dir)
     print(verdicts.terminal_text(results))
@@ -304,7 +296,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from . import report, results as readback, verdicts
+    from . import report, verdicts
+    from . import results as readback
     results = readback.collect_runs(args.runs)
     results.equivalence = args.equivalence
     print(verdicts.terminal_text(results))
@@ -467,19 +460,22 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a flag argparse could not parse
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
-    if getattr(args, "force_unlock", False):  # read by rundir.lock, in job processes too
-        from .rundir import FORCE_UNLOCK
-        os.environ[FORCE_UNLOCK] = "1"
+    forced = contextlib.nullcontext()
+    if getattr(args, "force_unlock", False):  # for this command and its job processes only
+        from .rundir import forcing_unlock
+        forced = forcing_unlock()
     try:
         if os.environ.get("CIFARLAB_THREADS"):
             import torch
             torch.set_num_threads(cpu_threads())
-        return args.func(args)
+        with forced:
+            return args.func(args)
     except (CifarlabError, RuntimeError) as e:
         if is_out_of_memory(e):  # e.g. while evaluating, outside a run's own handling
             e = out_of_memory(e)
         elif not isinstance(e, CifarlabError):
             raise
+        from . import distributed  # (torch: imported only where a command needs it)
         if not distributed.launched() or distributed.report_error(e):
             print(f"cifarlab: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -8,14 +8,16 @@ the preset's value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import augment, models
-from .early_stopping import parse_spec
 from .errors import CifarlabError
+
+if typing.TYPE_CHECKING:
+    from . import models
 
 try:
     import tomllib
@@ -133,7 +135,7 @@ class RunConfig:
     muon_lr: float = 0.05  # muon only: the filters' relative change per step (see muon.py)
     muon_momentum: float = 0.6  # muon only
     # SGD and muon: the rate of biases and batch-norm shifts (None: lr). Their decay per
-    # step stays lr x weight_decay, whatever their rate (see train.make_optimizer)
+    # step stays lr x weight_decay, whatever their rate (see optim.make_optimizer)
     bias_lr: float | None = None
     nesterov: bool = True  # SGD only
     weight_decay: float = 0.0
@@ -160,13 +162,14 @@ class RunConfig:
     # --- the run
     seed: int = 0
     device: str = "auto"
-    compile: bool = False  # torch.compile the training step (a GPU option; see train.py)
+    compile: bool = False  # torch.compile the training step (a GPU option; see precision.py)
     # "auto": bf16 on GPUs that have it natively and for the fast network on CPUs that have
     # it natively (AVX-512 BF16, AMX), else float32; "bf16" on any device with native bf16;
-    # see train.precision
+    # see precision.precision
     precision: str = "auto"
 
     def net_config(self) -> models.NetConfig:
+        from . import models  # here, not above: the command line's --help needs no torch
         changes = {name: getattr(self, name) for name in models.NET_OVERRIDES}
         return models.customize(models.preset(self.model), **changes)
 
@@ -220,8 +223,9 @@ class RunConfig:
                               ("bn_reestimate", BN_REESTIMATE), ("precision", PRECISIONS)):
             value = getattr(self, name)
             need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        from . import augment, early_stopping  # (with torch, so only when checking)
         if self.early_stopping:
-            parse_spec(self.early_stopping)
+            early_stopping.parse_spec(self.early_stopping)
         augment.parse(self.augment)
         net = self.net_config()  # unknown preset, impossible shape
         need(self.optimizer != "muon" or net.batchnorm,
@@ -237,17 +241,31 @@ class RunConfig:
     @classmethod
     def from_plain(cls, values: dict) -> "RunConfig":
         """The inverse of `to_dict` for a config cifarlab made itself (sent to a job process
-        or a Ray task): lists back to tuples, no recipe applied again."""
+        or a Ray task): lists back to tuples (every setting is given, so the recipe changes
+        none)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "RunConfig":
         """Build from plain data (JSON, TOML), refusing unknown keys and wrong types."""
-        return cls(**with_recipe(check_settings(values, where))).validate()
+        return cls(**check_settings(values, where)).validate()
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
+
+
+def _applying_recipe(init):
+    """RunConfig's own __init__ with the recipe it names filled in under the settings given,
+    as the command line, study files and from_dict apply it: RunConfig(recipe="fast") is the
+    fast recipe, and a call that gives every setting (replace, from_plain) is unchanged."""
+    @functools.wraps(init)
+    def __init__(self, *args, **given):
+        init(self, **with_recipe({**dict(zip(FIELDS, args)), **given}))
+    return __init__
+
+
+RunConfig.__init__ = _applying_recipe(RunConfig.__init__)
 
 
 def check_settings(values: dict, where: str) -> dict:

@@ -150,8 +150,8 @@ class Batches:
 
         With `group` (a distributed.Group, in a data-parallel run) every process draws the
         same global batches and keeps its own slice, so N processes see exactly the images,
-        augmented exactly alike, that one process would. A final global batch too small to give every process an image
-        is dropped."""
+        augmented exactly alike, that one process would. A final global batch too small to
+        give every process an image is dropped."""
         order = torch.randperm(len(self.y), generator=generator).to(self.y.device)
         draws = augment_generator(generator, self.y.device) if augment else None
         for start in range(0, len(order), self.batch_size):
@@ -167,3 +167,8 @@ class Batches:
             if part is not None:
                 x, idx = x[part], idx[part]
             yield self.normalise(x), self.y.index_select(0, idx)
+
+
+def downsample(x: torch.Tensor) -> torch.Tensor:
+    """Half-resolution images (2x2 means) for the progressive phase of training."""
+    return torch.nn.functional.avg_pool2d(x, 2)

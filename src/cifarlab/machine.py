@@ -8,6 +8,7 @@ benchmark records this beside its figures.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import platform
@@ -30,19 +31,44 @@ import torch
 # 2,300 faults a step for `deep` at batch 32 on a 2-core AVX2 EPYC without it), and trims it
 # only beyond 1 GB free. The cost: peak resident memory ~8% higher for `deep` and
 # `batchnorm` at batch 256 (634 against 587 MB, 763 against 702).
+# Training ends by putting glibc's own values back (128 KB each, mallopt(3)), so a notebook
+# or study process that trained does not keep up to gigabytes it freed.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
 KEEP_BLOCKS, KEEP_FREE, GROW_BY = 1 << 30, 1 << 30, 256 << 20
+GLIBC_DEFAULT = 128 << 10
+
+
+@contextlib.contextmanager
+def freed_memory_kept():
+    """Within the block glibc's malloc keeps freed memory for reuse (see above); after it,
+    glibc's default thresholds again. Yields whether it kept any (False off glibc)."""
+    kept = keep_freed_memory()
+    try:
+        yield kept
+    finally:
+        if kept:
+            _set_thresholds(GLIBC_DEFAULT, GLIBC_DEFAULT, GLIBC_DEFAULT)
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse (see above); True where it did.
-    Does nothing elsewhere (macOS, Windows, musl)."""
+    """Make glibc's malloc keep freed memory for reuse (see above), for the rest of the
+    process; True where it did. Does nothing elsewhere (macOS, Windows, musl)."""
+    return _set_thresholds(KEEP_BLOCKS, KEEP_FREE, GROW_BY)
+
+
+def glibc_mallopt():
+    """glibc's mallopt, or None where the C library has none to call."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        return ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # no C library to ask (Windows)
-        return False
-    return all([mallopt(_M_MMAP_THRESHOLD, KEEP_BLOCKS), mallopt(_M_TRIM_THRESHOLD, KEEP_FREE),
-                mallopt(_M_TOP_PAD, GROW_BY)])
+        return None
+
+
+def _set_thresholds(blocks: int, free: int, grow: int) -> bool:
+    mallopt = glibc_mallopt()
+    return mallopt is not None and all([mallopt(_M_MMAP_THRESHOLD, blocks),
+                                        mallopt(_M_TRIM_THRESHOLD, free),
+                                        mallopt(_M_TOP_PAD, grow)])
 
 
 # Flags of CPUs that compute bf16 natively; on others PyTorch emulates it (measured on a
@@ -109,6 +135,7 @@ def training_speed(seconds: float = 4.0, batch: int = 32, fresh: bool = True) ->
                               check=True)
         return float(done.stdout.split()[-1])
     from torch import nn
+
     from . import models
     gen = torch.Generator().manual_seed(0)
     net = models.build(models.preset("simple")).to(memory_format=torch.channels_last)

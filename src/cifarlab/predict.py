@@ -17,9 +17,9 @@ import torch
 from .config import RunConfig
 from .data import IMAGE_SIZE, IMAGE_SUFFIXES
 from .errors import CifarlabError
+from .evaluate import predict_logits
 from .loader import Batches, Split
 from .run import load_network
-from .train import predict_logits
 
 
 @dataclass

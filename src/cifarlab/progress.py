@@ -1,4 +1,5 @@
-"""What a study shows while it runs: one progress display fed by every executor.
+"""What is shown while training runs: a run's line per epoch (`RunProgress`), and a study's
+progress display (`StudyProgress`), fed by every executor.
 
 Executors (local job processes, Ray tasks) send small messages from wherever a run trains;
 `drain` hands them to the display:
@@ -13,6 +14,8 @@ import queue as queues
 import sys
 import time
 from pathlib import Path
+
+from .data import IMAGE_SIZE
 
 
 def drain(queue, progress: "StudyProgress") -> None:
@@ -124,3 +127,43 @@ class StudyProgress:
                 self.bar.close()
         else:
             print(line, flush=True)
+
+
+class RunProgress:
+    """A live bar with ETA on a terminal, then one Keras-style line per epoch.
+
+    When stdout is a file or a pipe only the per-epoch lines are written.
+    """
+
+    def __init__(self, epochs: int, steps: int, enabled: bool = True):
+        self.epochs, self.steps, self.enabled = epochs, steps, enabled
+        self.live = enabled and sys.stdout.isatty()
+        self.bar = None
+
+    def start(self, epoch: int) -> None:
+        if self.live:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.steps, desc=f"Epoch {epoch}/{self.epochs}", leave=False,
+                            unit="step", file=sys.stdout, dynamic_ncols=True)
+
+    def step(self, step: int, loss_sum, correct, batch_size: int) -> None:
+        if self.bar is not None and (step % 25 == 0 or step == self.steps):
+            seen = min(step * batch_size, self.bar.total * batch_size)
+            self.bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                 acc=f"{correct.item() / seen:.4f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def end(self, row: dict, epochs: int) -> None:
+        self.close()
+        if self.enabled:
+            print(f"Epoch {row['epoch']}/{epochs} - {row['epoch_time_s']:.1f}s - "
+                  f"loss: {row['loss']:.4f} - accuracy: {row['accuracy']:.4f} - "
+                  f"val_loss: {row['val_loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f} - "
+                  f"lr: {row['lr']:.2e}"
+                  + (f" - on {row['image_size']}x{row['image_size']} images"
+                     if row["image_size"] < IMAGE_SIZE else ""), flush=True)

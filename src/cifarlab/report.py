@@ -14,9 +14,18 @@ import numpy as np
 from . import figures, rundir, scorecard
 from .errors import CifarlabError
 from .results import METRICS, Group, Results, most_confused_pairs, sweeps
-from .verdicts import (COMPARISON_HEAD, COMPARISON_KEYS, COMPARISON_NOTE, STAT_NOTE, digits,
-                       answer, comparison_cells, comparison_table, table_rows,
-                       variant_table)
+from .verdicts import (
+    COMPARISON_HEAD,
+    COMPARISON_KEYS,
+    COMPARISON_NOTE,
+    STAT_NOTE,
+    answer,
+    comparison_cells,
+    comparison_table,
+    digits,
+    table_rows,
+    variant_table,
+)
 
 
 def misclassified_gallery(g: Group, count: int = 24) -> list[dict]:

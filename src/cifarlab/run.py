@@ -22,14 +22,15 @@ import torch
 from torch import nn
 
 from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
+from .budget import BudgetTooShort
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
-from .train import (BudgetTooShort, Diverged, FitResult, Interrupted, fit, is_widest,
-                    own_random_state, WIDE_FROM_EPOCHS, WIDEST_FROM_EPOCHS, WIDEST_SETTINGS,
-                    prepare_model, resolve_device, run_precision, width_for_budget)
+from .precision import prepare_model, resolve_device, run_precision
+from .train import Diverged, FitResult, Interrupted, fit, own_random_state
+from .width import choice_record, chosen_settings, describe_choice, width_for_budget
 
 EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
@@ -70,9 +71,7 @@ def environment(device: torch.device, group=None) -> dict:
 def _create_out(cfg: RunConfig, out, group) -> Path:
     """Create the run folder; in a data-parallel run rank 0 creates it and tells the others
     where it is (or that it could not)."""
-    if group is None:
-        return rundir.create(Path(out) if out else default_out(cfg))
-    if not group.is_main:
+    if group is not None and not group.is_main:
         ok, text = group.broadcast(None)
         if not ok:
             raise distributed.Follower(text)
@@ -80,9 +79,11 @@ def _create_out(cfg: RunConfig, out, group) -> Path:
     try:
         path = rundir.create(Path(out) if out else default_out(cfg))
     except CifarlabError as e:
-        group.broadcast((False, str(e)))
+        if group is not None:
+            group.broadcast((False, str(e)))
         raise
-    group.broadcast((True, str(path)))
+    if group is not None:
+        group.broadcast((True, str(path)))
     return path
 
 
@@ -138,7 +139,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     train, val, test = split_dataset(dataset, cfg.val_split, cfg.fraction, cfg.split_seed)
     # `built`: the settings the network is built and trained with, the budget's choice of
     # width and batch included (a resumed run keeps the choice it began with)
-    built = _budget_choice(cfg, Path(out)) if resume else cfg
+    built = chosen_settings(cfg, rundir.load_run(out)["config"], Path(out) / "config.json") \
+        if resume else cfg
     train_b = Batches(train, built.batch_size, device, cfg.normalize)
     val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
     test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
@@ -164,7 +166,7 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
         if verbose:
             _announce(built, net, dataset, train, val, device, out, state)
             if built.filters != cfg.filters:
-                print(_width_line(cfg, built), flush=True)
+                print(describe_choice(cfg, built), flush=True)
         config_hash = rundir.settings_hash(cfg.to_dict())
 
         def save_epoch(row):
@@ -287,48 +289,6 @@ def _network(built: RunConfig, dataset: Dataset, train_b: Batches, group, state)
     return net
 
 
-def _width_line(cfg: RunConfig, built: RunConfig) -> str:
-    """The run's opening line about the network its budget chose (train.width_for_budget)."""
-    chosen = "Filters " + "-".join(map(str, built.filters)) + (
-        f" in batches of {built.batch_size}" if built.batch_size != cfg.batch_size else "")
-    if is_widest(built.filters):
-        return (f"{chosen} with the GPU recipe's rates (--recipe gpu94): the budget "
-                f"{cfg.budget} buys that network {WIDEST_FROM_EPOCHS:g} epochs or more here, "
-                "where it learns the most (--filters sets the width yourself).")
-    rates = " ".join(f"--{name.replace('_', '-')} {value:g}"
-                     for name, value in _choice_record(cfg, built).items()
-                     if name not in ("filters", "batch_size"))
-    return (f"{chosen}{f' ({rates})' if rates else ''}: the budget {cfg.budget} buys the "
-            f"preset's width {WIDE_FROM_EPOCHS:g} epochs or more here, where the wider "
-            "network learns more (--filters sets the width yourself).")
-
-
-def _budget_choice(cfg: RunConfig, out: Path) -> RunConfig:
-    """A resumed run's settings with the network, batch and rates it was built and trained
-    with, which a budget may have chosen (train.width_for_budget) rather than the settings."""
-    config = rundir.load_run(out)["config"]
-    chosen = config.get("budget_choice")
-    if chosen:
-        try:
-            if not isinstance(chosen, dict) or set(chosen) - set(WIDEST_SETTINGS) or \
-                    "filters" not in chosen:
-                raise KeyError("budget_choice")
-            # the filters, the batch and the rates (all numbers)
-            changes = {name: tuple(int(n) for n in value) if name == "filters" else
-                       int(value) if name == "batch_size" else float(value)
-                       for name, value in chosen.items()}
-            return dataclasses.replace(cfg, **changes)
-        except (TypeError, KeyError, ValueError):
-            raise CifarlabError(f"{out / 'config.json'} has a damaged budget_choice (it "
-                                "should name filters, batch_size and any rates the "
-                                "budget chose); the run cannot be "
-                                "resumed, so start a new one") from None
-    network = config.get("network") or {}  # a run from before the batch was chosen too
-    if cfg.filters is None and network.get("filters"):
-        return dataclasses.replace(cfg, filters=tuple(network["filters"]))
-    return cfg
-
-
 def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
                   built: RunConfig | None = None) -> None:
     """config.json: the settings as given (`cfg`) and the network as built from `built`
@@ -342,21 +302,12 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
         "trainable_parameters": trainable, "non_trainable_parameters": stats,
         "classes": list(dataset.classes), "data_source": dataset.source,
         "labels": labels or {},
-        "budget_choice": _choice_record(cfg, built) if built is not None and built != cfg
+        "budget_choice": choice_record(cfg, built) if built is not None and built != cfg
         else None,
         "distributed": distributed.describe(group) if group is not None else None,
         "images": {"train": len(train), "validation": len(val) if cfg.val_split else 0,
                    "test": len(test)},
     })
-
-
-def _choice_record(cfg: RunConfig, built: RunConfig) -> dict:
-    """config.json's budget_choice: the filters and batch a budget chose, and any rates it
-    changed with them (train.wider, train.widest)."""
-    record = {"filters": list(built.filters), "batch_size": built.batch_size}
-    record.update({name: getattr(built, name) for name in WIDEST_SETTINGS
-                   if name not in record and getattr(built, name) != getattr(cfg, name)})
-    return record
 
 
 @contextlib.contextmanager
@@ -382,8 +333,8 @@ def _graceful_signals():
 
 
 def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=None) -> dict:
-    tracker = result.tracker
-    best = tracker.best_epoch or result.weights_epoch
+    stopper = result.stopper
+    best = stopper.best_epoch or result.weights_epoch
     best_row = result.history[best - 1]
     last = result.history[-1]
     return {
@@ -393,7 +344,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "test_loss": ev.loss,
         "weights_epoch": result.weights_epoch,
         "weights": "restored best epoch" if result.restored else "last epoch",
-        "monitor": tracker.monitor,
+        "monitor": stopper.monitor,
         "best_epoch": best,
         "best_val_accuracy": best_row["val_accuracy"],
         "best_val_loss": best_row["val_loss"],
@@ -407,7 +358,7 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "step_seconds": result.step_seconds,
         "tta": cfg.tta,
         "tta_share": cfg.tta_share,
-        "stopped_epoch": tracker.stopped_epoch or None,
+        "stopped_epoch": stopper.stopped_epoch or None,
         "train_time_s": result.train_time_s,
         "validation_time_s": result.validation_s,  # part of train_time_s
         "compile_s": result.compile_s,
@@ -451,13 +402,13 @@ def write_outputs(out: Path, net: nn.Module, history: list[dict], ev: Evaluation
     """Everything but config.json; metrics.json last, as the mark of a finished run."""
     rundir.save_weights(out / "model.safetensors", net, {"format_version": rundir.FORMAT_VERSION})
     rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
-    write_report(out, ev, metrics)
+    write_classification_report(out, ev, metrics)
     plots.learning_curves(history, out / "curves.png", metrics["best_epoch"],
                           title=f"{out.name}: test accuracy {ev.accuracy:.4f}")
     rundir.write_json(out / "metrics.json", metrics)
 
 
-def write_report(out: Path, ev: Evaluation, metrics: dict) -> None:
+def write_classification_report(out: Path, ev: Evaluation, metrics: dict) -> None:
     header = (f"Test set, {len(ev.labels):,} images; weights of epoch {metrics['weights_epoch']} "
               f"({metrics['weights']}).\n\n")
     rundir.atomic_write(out / "classification_report.txt", header + ev.report())
@@ -522,7 +473,7 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")
-    write_report(run, ev, metrics)
+    write_classification_report(run, ev, metrics)
     if verbose:
         pairs = ", ".join(f"{t} -> {p}: {c}" for t, p, c in ev.most_confused(3))
         print(ev.report() + f"\nTest accuracy {ev.accuracy:.4f}; most confused: {pairs}\n"

@@ -269,6 +269,21 @@ FORCE_UNLOCK = "CIFARLAB_FORCE_UNLOCK"  # set by --force-unlock; seen by spawned
 
 
 @contextlib.contextmanager
+def forcing_unlock():
+    """Within the block `lock` takes over a lock file another host left (--force-unlock),
+    in this process and in the job processes it starts; after it, no longer."""
+    before = os.environ.get(FORCE_UNLOCK)
+    os.environ[FORCE_UNLOCK] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FORCE_UNLOCK, None)
+        else:
+            os.environ[FORCE_UNLOCK] = before
+
+
+@contextlib.contextmanager
 def lock(run: Path):
     """Hold `run` for this process: a second process pointed at it is refused, naming the
     host and process that holds it.

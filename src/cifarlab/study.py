@@ -35,10 +35,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, check_settings, load_toml, with_recipe
+from .config import RunConfig, check_settings, load_toml
 from .early_stopping import parse_spec
 from .errors import CifarlabError
 from .questions import Question
@@ -102,7 +103,7 @@ class Study:
         epochs (a patience of 10 in 50 epochs is 1 in 5), and the data fraction multiplies
         the variant's own (the study's data shrinks, its sweep keeps its proportions)."""
         values = {**self.defaults, **variant.settings, "seed": seed}
-        cfg = RunConfig(**with_recipe(values))
+        cfg = RunConfig(**values)
         epochs = max(1, round(cfg.epochs * self.scale.epochs_scale))
         if self.scale.max_epochs is not None:
             epochs = min(epochs, self.scale.max_epochs)
@@ -147,19 +148,23 @@ class Study:
 
 
 def with_seeds(command: list[str], seeds: int) -> str:
-    """`command` (a study's command line) with its seed count set to `seeds`: the command
-    that grows the study; its finished runs are kept, only the new seeds train."""
+    """`command` (a study's command line) with its seed count set to `seeds`, quoted for a
+    shell: the command that grows the study; its finished runs are kept, only the new seeds
+    train."""
+    return shlex.join(strip_option(command, "--seeds") + ["--seeds", str(seeds)])
+
+
+def strip_option(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` or `flag=VALUE`."""
     out, skip = [], False
-    for word in command:
+    for arg in argv:
         if skip:
             skip = False
-            continue
-        if word == "--seeds":
+        elif arg == flag:
             skip = True
-            continue
-        if not word.startswith("--seeds="):
-            out.append(word)
-    return " ".join(out + ["--seeds", str(seeds)])
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def _effective(cfg: RunConfig) -> dict:

@@ -7,7 +7,7 @@ import math
 
 from . import scorecard, stats
 from .results import CHANCE, FULL_DATA, METRICS, PRACTICAL_SEEDS, Group, Results
-from .train import is_widest
+from .width import is_widest
 
 
 def comparisons(results: Results) -> dict[str, stats.Comparison | None]:
