@@ -55,7 +55,7 @@ TRAINING_FLOORS = [("precision",), ("evaluate", "optim"), ("budget",), ("width",
                    ("run",)]
 # The many-runs half: the one-run modules never import it.
 MANY_RUNS = {"study", "questions", "runner", "ray_runner", "stats", "scorecard", "results",
-             "verdicts", "figures", "report", "cli"}
+             "verdicts", "report", "cli"}
 
 
 def test_the_training_modules_import_only_those_on_lower_floors():

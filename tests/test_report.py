@@ -107,12 +107,12 @@ matplotlib.use("svg")  # the user's choice, as a notebook sets its inline backen
 import matplotlib.pyplot as plt
 import numpy as np
 mine = plt.figure()
-from cifarlab import plots, report
+from cifarlab import figures
 from cifarlab.cli import main
 history = [{"epoch": e, "loss": 1 / e, "accuracy": e / 4, "val_loss": 1.2 / e,
             "val_accuracy": e / 5} for e in (1, 2, 3)]
-plots.learning_curves(history, sys.argv[1] + "/curves.png", best_epoch=2)
-plots.confusion_matrix(np.eye(3) * 5, ["a", "b", "c"], sys.argv[1] + "/cm.png")
+figures.save(figures.run_curves(history, best_epoch=2), sys.argv[1] + "/curves.png")
+figures.save(figures.run_confusion(np.eye(3) * 5, ["a", "b", "c"]), sys.argv[1] + "/cm.png")
 assert main(["report", sys.argv[2]]) == 0
 print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])
 """
@@ -216,3 +216,25 @@ def test_a_budget_study_says_which_width_its_runs_trained():
         "The runs of edge trained different widths (1 of 3 runs 32-64-128, 2 of 3 runs "
         "32-128-128): its budget chose the width run by run from this machine's speed, so "
         "its spread mixes two networks; give it filters to fix the width."]
+
+
+def test_the_gallery_shows_the_runs_own_mistakes_with_its_test_time_views(tmp_path):
+    # A run evaluated with flips (tta=1): the gallery's mistakes are exactly those its
+    # confusion matrix counts, not those of an evaluation without the flips.
+    import numpy as np
+
+    from cifarlab import RunConfig, train_run
+    from cifarlab.report import misclassified_gallery
+    from cifarlab.results import Group, confusion_sum, read_confusion
+    from cifarlab.results import _read_run as read_run
+    data = Tiny(per_class_train=30, per_class_test=12).write_binary(tmp_path / "data")
+    cfg = RunConfig(data=str(data), blocks=1, filters=(8,), dense=(16,), epochs=2,
+                    val_split=60, device="cpu", tta=1, lr=3e-3)
+    train_run(cfg, tmp_path / "run", verbose=False)
+    run = read_run(tmp_path / "run")
+    matrix, _ = read_confusion(tmp_path / "run" / "confusion_matrix.csv")
+    mistakes = misclassified_gallery(Group("v", [run]), count=None)
+    assert len(mistakes) == matrix.sum() - np.trace(matrix) > 0
+    wrong_pairs = {(m["true"], m["predicted"]) for m in mistakes}
+    counted, classes = confusion_sum(Group("v", [run]))
+    assert all(counted[classes.index(t), classes.index(p)] > 0 for t, p in wrong_pairs)

@@ -16,7 +16,8 @@ from statsmodels.stats.weightstats import ttost_paired
 from cifarlab import scorecard
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
-from cifarlab.questions import measure, parse
+from cifarlab.measures import measure
+from cifarlab.questions import parse
 from cifarlab.results import Group, Run
 from cifarlab.study import load
 

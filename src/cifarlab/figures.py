@@ -1,5 +1,8 @@
-"""The figures of a study's report, one function per figure, each returning a matplotlib Figure
-(`png` turns one into the bytes a report embeds).
+"""Every figure cifarlab draws, one function each, returning a matplotlib Figure: a run's
+learning curves and confusion matrix (saved in its folder), and a study report's curves over
+seeds, swept settings and summed confusion matrices (`png` turns one into the bytes a report
+embeds). They take plain data (histories, matrices, variants' runs), so one run's code can
+draw without the report's modules.
 
 Figures are drawn with matplotlib's object API (`Figure`, not pyplot): pyplot's global state
 and the user's chosen backend (a notebook's inline plots) are never touched, and no display
@@ -12,10 +15,15 @@ import io
 import math
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import rundir
 from .data import IMAGE_SIZE
-from .results import Group, Results, confusion_sum, per_class_f1
+
+
+def save(fig, path, dpi: int = 110) -> None:
+    fig.savefig(path, dpi=dpi)
 
 
 def png(fig) -> bytes:
@@ -26,13 +34,68 @@ def png(fig) -> bytes:
 
 def _figure(*subplots, **options):
     """A matplotlib Figure and its axes, drawn without pyplot (see the module's docstring)."""
-    from matplotlib.figure import Figure
     figsize = options.pop("figsize")
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*subplots, **options)
 
 
-def study_curves(results: Results):
+def run_curves(history: list[dict], best_epoch: int | None = None, title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train vs validation, with the best epoch marked and the
+    epochs of a progressive run's half-size phase shaded (trained and validated on 16x16
+    images, so not comparable with the full-size epochs after them)."""
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        shade_half_size(ax, history)
+        ax.plot(epochs, [r[key] for r in history], "o-", ms=3, label=f"train {label}")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", ms=3,
+                label=f"validation {label}")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch ({best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def shade_half_size(ax, rows) -> None:
+    """Shade the epochs of `rows` (history rows) that a progressive run trained and
+    validated on half-size images, if there are any."""
+    half = [r["epoch"] for r in rows if rundir.half_size(r)]
+    if half:
+        ax.axvspan(min(half) - 0.5, max(half) + 0.5, color="grey", alpha=0.12, lw=0,
+                   label=f"half-size phase ({IMAGE_SIZE // 2}x{IMAGE_SIZE // 2} images)")
+
+
+def run_confusion(confusion: np.ndarray, classes, title: str = "") -> Figure:
+    """Annotated heatmap, rows = true class, columns = predicted class."""
+    n = len(classes)
+    fig = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    ax = fig.subplots()
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if confusion[i, j] > threshold else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def study_curves(results):
     """Mean validation accuracy and loss per epoch for every variant, with a band over seeds.
     Epochs in which any of a variant's runs validated on half-size images (a progressive
     run's first phase) are drawn dotted in that variant's own line: variants differ in where
@@ -76,7 +139,7 @@ def study_curves(results: Results):
     return fig
 
 
-def sweep(name: str, groups: list[Group]):
+def sweep(name: str, groups: list):
     """Test accuracy against the swept setting (one line per value of a second setting);
     for data fractions, training time on a second axis."""
     keys = list(groups[0].swept)
@@ -85,7 +148,7 @@ def sweep(name: str, groups: list[Group]):
 
     def xval(v):
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-    lines: dict[str, list[Group]] = {}
+    lines: dict[str, list] = {}
     for g in groups:
         label = ", ".join(f"{k}={g.swept[k]}" for k in other) or "test accuracy"
         lines.setdefault(label, []).append(g)
@@ -122,12 +185,8 @@ def sweep(name: str, groups: list[Group]):
     return fig
 
 
-def study_confusion(g: Group):
-    found = confusion_sum(g)
-    if found is None:
-        return None
-    m, classes = found
-    f1 = np.mean([per_class_f1(r, classes) for r in g.runs], axis=0)
+def study_confusion(name: str, m: np.ndarray, classes: list[str], f1, seeds: int) -> Figure:
+    """A variant's confusion matrix summed over its seeds, beside its mean F1 per class."""
     fig, (ax, ax2) = _figure(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
     ax.imshow(m, cmap="Blues")
     n = len(classes)
@@ -139,7 +198,7 @@ def study_confusion(g: Group):
                     color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion, summed over {len(g.runs)} seed(s)", fontsize=9)
+    ax.set_title(f"confusion, summed over {seeds} seed(s)", fontsize=9)
     ax2.barh(range(n), f1, color="tab:blue")
     ax2.set_yticks(range(n), classes, fontsize=7)
     ax2.invert_yaxis()
@@ -147,6 +206,6 @@ def study_confusion(g: Group):
     ax2.set_xlabel("F1 (mean over seeds)")
     for i, v in enumerate(f1):
         ax2.text(v + 0.01, i, f"{v:.2f}", va="center", fontsize=7)
-    fig.suptitle(g.name, fontsize=10)
+    fig.suptitle(name, fontsize=10)
     fig.tight_layout()
     return fig

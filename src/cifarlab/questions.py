@@ -29,62 +29,10 @@ import math
 from dataclasses import asdict, dataclass
 
 from .errors import CifarlabError
+from .measures import METRICS, Metric
 
 QUESTION_KEYS = {"name", "claim", "metric", "compare", "variant", "expect", "margin", "than"}
 EXPECTS = ("higher", "lower", "not higher", "not lower", "equivalent")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How one number is read from a finished run, and how to show it."""
-
-    name: str
-    label: str
-    unit: str  # "points" (a share shown x100), "epochs" or "s"
-    interest: float  # the smallest difference worth deciding, for "what would decide it"
-
-
-# The run-level numbers a question can test; `measure` computes each from a run folder's
-# history and metrics, one definition for every run.
-METRICS = {m.name: m for m in (
-    Metric("test_accuracy", "test accuracy", "points", 0.01),
-    Metric("best_val_accuracy", "best validation accuracy", "points", 0.01),
-    Metric("overfit_gap", "over-fitting gap at the kept epoch", "points", 0.01),
-    Metric("final_gap", "over-fitting gap at the last epoch", "points", 0.01),
-    Metric("gap_growth", "growth of the gap after the lowest validation loss", "points", 0.01),
-    Metric("best_epoch", "epoch of the highest validation accuracy", "epochs", 1.0),
-    Metric("lowest_val_loss_epoch", "epoch of the lowest validation loss", "epochs", 1.0),
-    Metric("val_loss_rise", "validation loss at the end minus its lowest", "loss", 0.05),
-    Metric("epochs_run", "epochs run", "epochs", 1.0),
-    Metric("train_time_s", "training time", "s", 10.0),
-)}
-
-
-def measure(history: list[dict], metrics: dict, name: str) -> float | None:
-    """The metric `name` of one finished run (None where the run cannot give it)."""
-    if not history:
-        return None
-    full = [r for r in history if r.get("image_size", 32) >= 32] or history
-    last = history[-1]
-    low = min(full, key=lambda r: r["val_loss"])
-    kept = history[min(len(history), int(metrics.get("weights_epoch") or len(history))) - 1]
-
-    def gap(row):
-        return row["accuracy"] - row["val_accuracy"]
-    values = {
-        "test_accuracy": lambda: metrics.get("test_accuracy"),
-        "best_val_accuracy": lambda: max(r["val_accuracy"] for r in full),
-        "overfit_gap": lambda: gap(kept),
-        "final_gap": lambda: gap(last),
-        "gap_growth": lambda: gap(last) - gap(low),
-        "best_epoch": lambda: max(full, key=lambda r: r["val_accuracy"])["epoch"],
-        "lowest_val_loss_epoch": lambda: low["epoch"],
-        "val_loss_rise": lambda: last["val_loss"] - low["val_loss"],
-        "epochs_run": lambda: len(history),
-        "train_time_s": lambda: metrics.get("train_time_s"),
-    }
-    value = values[name]()
-    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

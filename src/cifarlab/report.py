@@ -13,7 +13,15 @@ import numpy as np
 
 from . import figures, rundir, scorecard
 from .errors import CifarlabError
-from .results import METRICS, Group, Results, most_confused_pairs, sweeps
+from .results import (
+    METRICS,
+    Group,
+    Results,
+    confusion_sum,
+    most_confused_pairs,
+    per_class_f1,
+    sweeps,
+)
 from .verdicts import (
     COMPARISON_HEAD,
     COMPARISON_KEYS,
@@ -28,29 +36,22 @@ from .verdicts import (
 )
 
 
-def misclassified_gallery(g: Group, count: int = 24) -> list[dict]:
-    """The best variant's most confident mistakes on the test set (first seed's run)."""
-    import torch
+def misclassified_gallery(g: Group, count: int | None = 24) -> list[dict]:
+    """The best variant's most confident mistakes on the test set: its first seed's run,
+    evaluated as the run evaluated itself (its test-time augmentation), so they are the
+    mistakes its test accuracy counts."""
     from PIL import Image
 
-    from .config import RunConfig
-    from .data import load_cifar10
-    from .evaluate import evaluate
-    from .loader import Batches, split_dataset
-    from .run import EVAL_BATCH, load_network
+    from .run import test_evaluation
     run = g.runs[0]
-    settings = RunConfig.from_dict(run.config["settings"], where=str(run.path))
-    net, _ = load_network(run.path, "cpu")
-    data = load_cifar10(settings.data, download=False, progress=False)
-    test = split_dataset(data, 0)[2]
-    ev = evaluate(net, Batches(test, EVAL_BATCH, torch.device("cpu"), settings.normalize),
-                  data.classes)
+    ev, data = test_evaluation(run.path, device="cpu", download=False, progress=False)
+    images = data.test_x
     wrong = np.flatnonzero(ev.predictions != ev.labels)
     confidence = ev.probabilities[wrong, ev.predictions[wrong]]
     out = []
     for i in wrong[np.argsort(-confidence)][:count]:
         buf = io.BytesIO()
-        Image.fromarray(test.x[i]).resize((64, 64), Image.NEAREST).save(buf, format="PNG")
+        Image.fromarray(images[i]).resize((64, 64), Image.NEAREST).save(buf, format="PNG")
         out.append({"png": buf.getvalue(), "true": data.classes[ev.labels[i]],
                     "predicted": data.classes[ev.predictions[i]],
                     "confidence": float(ev.probabilities[i, ev.predictions[i]])})
@@ -72,10 +73,11 @@ def write(results: Results, out: str | Path, gallery: bool = True) -> tuple[Path
             images.append(("sweeps", f"{name}: accuracy against the swept setting",
                            figures.png(figures.sweep(name, gs))))
     for g in results.groups:
-        fig = figures.study_confusion(g) if g.runs and not g.same_as else None
-        png = figures.png(fig) if fig is not None else None
-        if png:
-            images.append(("confusion", g.name, png))
+        found = confusion_sum(g) if g.runs and not g.same_as else None
+        if found is not None:
+            f1 = np.mean([per_class_f1(r, found[1]) for r in g.runs], axis=0)
+            fig = figures.study_confusion(g.name, *found, f1, len(g.runs))
+            images.append(("confusion", g.name, figures.png(fig)))
     ranked = sorted((g for g in results.groups if g.runs),
                     key=lambda g: -g.summary("test_accuracy").mean)
     best = ranked[0] if ranked else None

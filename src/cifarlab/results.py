@@ -14,6 +14,7 @@ import numpy as np
 
 from . import rundir, scorecard, stats
 from .errors import CifarlabError
+from .measures import measure
 from .questions import parse as parse_questions
 
 METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val accuracy"),
@@ -36,17 +37,9 @@ class Run:
 
     @property
     def values(self) -> dict:
-        """The report's metrics, computed from the history by one definition for every run."""
-        h = self.history
-        # As in training, only full-size epochs compete (a progressive run validates its
-        # half-size epochs on half-size images); all of them only in a run of a step or two.
-        full = [r for r in h if not rundir.half_size(r)] or h
-        best = max(full, key=lambda r: r["val_accuracy"])
-        kept = h[min(len(h), int(self.metrics.get("weights_epoch") or len(h))) - 1]
-        return {"test_accuracy": self.metrics["test_accuracy"],
-                "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
-                "epochs_run": len(h), "train_time_s": self.metrics.get("train_time_s"),
-                "overfit_gap": kept["accuracy"] - kept["val_accuracy"]}
+        """The report's metrics, by the one definition every part of cifarlab uses
+        (measures.measure)."""
+        return {key: measure(self.history, self.metrics, key) for key, _ in METRICS}
 
 
 @dataclass

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, distributed, machine, models, normstats, plots, rundir, trackers
+from . import __version__, distributed, figures, machine, models, normstats, rundir, trackers
 from .budget import BudgetTooShort
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .evaluate import Evaluation, evaluate
 from .loader import Batches, split_dataset
+from .measures import measure
 from .precision import prepare_model, resolve_device, run_precision
 from .train import Diverged, FitResult, Interrupted, fit, own_random_state
 from .width import choice_record, chosen_settings, describe_choice, width_for_budget
@@ -334,9 +335,10 @@ def _graceful_signals():
 
 def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=None) -> dict:
     stopper = result.stopper
-    best = stopper.best_epoch or result.weights_epoch
-    best_row = result.history[best - 1]
     last = result.history[-1]
+
+    def one(name):  # the definition every report and question uses (measures.py)
+        return measure(result.history, {"weights_epoch": result.weights_epoch}, name)
     return {
         "format_version": rundir.FORMAT_VERSION,
         "status": "finished",
@@ -345,11 +347,11 @@ def summarize(cfg: RunConfig, result: FitResult, ev: Evaluation, device, group=N
         "weights_epoch": result.weights_epoch,
         "weights": "restored best epoch" if result.restored else "last epoch",
         "monitor": stopper.monitor,
-        "best_epoch": best,
-        "best_val_accuracy": best_row["val_accuracy"],
-        "best_val_loss": best_row["val_loss"],
+        "best_epoch": int(one("best_epoch")),  # of the highest validation accuracy
+        "best_val_accuracy": one("best_val_accuracy"),
+        "lowest_val_loss": min(r["val_loss"] for r in result.history),
         "final_val_accuracy": last["val_accuracy"],
-        "overfit_gap": best_row["accuracy"] - best_row["val_accuracy"],
+        "overfit_gap": one("overfit_gap"),  # at the kept epoch (weights_epoch)
         "epochs_run": len(result.history),
         "planned_epochs": result.planned_epochs,
         "planned_steps": result.planned_steps,
@@ -403,8 +405,9 @@ def write_outputs(out: Path, net: nn.Module, history: list[dict], ev: Evaluation
     rundir.save_weights(out / "model.safetensors", net, {"format_version": rundir.FORMAT_VERSION})
     rundir.atomic_write(out / "history.csv", rundir.history_csv(history))
     write_classification_report(out, ev, metrics)
-    plots.learning_curves(history, out / "curves.png", metrics["best_epoch"],
-                          title=f"{out.name}: test accuracy {ev.accuracy:.4f}")
+    figures.save(figures.run_curves(history, metrics["best_epoch"],
+                                    title=f"{out.name}: test accuracy {ev.accuracy:.4f}"),
+                 out / "curves.png")
     rundir.write_json(out / "metrics.json", metrics)
 
 
@@ -417,8 +420,9 @@ def write_classification_report(out: Path, ev: Evaluation, metrics: dict) -> Non
     lines += [f"{name}," + ",".join(str(int(v)) for v in row)
               for name, row in zip(ev.classes, confusion)]
     rundir.atomic_write(out / "confusion_matrix.csv", "\n".join(lines) + "\n")
-    plots.confusion_matrix(confusion, ev.classes, out / "confusion_matrix.png",
-                           title=f"Confusion matrix (test accuracy {ev.accuracy:.4f})")
+    figures.save(figures.run_confusion(confusion, ev.classes,
+                                       title=f"Confusion matrix (test accuracy {ev.accuracy:.4f})"),
+                 out / "confusion_matrix.png")
 
 
 def summary_text(metrics: dict, out: Path) -> str:
@@ -428,9 +432,9 @@ def summary_text(metrics: dict, out: Path) -> str:
         if metrics["stopped_epoch"] else ""
     return (f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
             f"with the weights of epoch {metrics['weights_epoch']} ({metrics['weights']}); "
-            f"{stopped}best {metrics['monitor']} at epoch {metrics['best_epoch']}, "
-            f"val accuracy {metrics['best_val_accuracy']:.4f}, "
-            f"over-fitting gap {metrics['overfit_gap']:+.4f}; "
+            f"{stopped}highest val accuracy {metrics['best_val_accuracy']:.4f} at epoch "
+            f"{metrics['best_epoch']}; over-fitting gap at the kept epoch "
+            f"{metrics['overfit_gap']:+.4f}; "
             f"training took {metrics['train_time_s']:.0f} s.\n"
             f"Most confused (true -> predicted): {pairs}\n"
             f"Run folder: {out}")
@@ -455,14 +459,17 @@ def evaluation_precision(device: torch.device, cfg: RunConfig) -> torch.dtype | 
         return None
 
 
-def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True) -> Evaluation:
-    """Re-create a run's report and confusion matrix on the test set from its saved weights."""
+def test_evaluation(run: str | Path, data: str | None = None, device: str = "auto",
+                    download: bool = True, progress: bool = True) -> tuple[Evaluation, Dataset]:
+    """A run's saved weights on the test set, as the run itself evaluated them (its
+    test-time augmentation and precision), with the data they were evaluated on."""
     run = Path(run)
     info = rundir.load_run(run)
     settings = RunConfig.from_dict(info["config"]["settings"], where=str(run / "config.json"))
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device if device == "auto" else device)
     net, info = load_network(run, device)
-    dataset = load_cifar10(data if data is not None else settings.data, progress=verbose)
+    dataset = load_cifar10(data if data is not None else settings.data, download=download,
+                           progress=progress)
     if tuple(dataset.classes) != tuple(info["config"]["classes"]):
         raise CifarlabError(f"the data's classes ({', '.join(dataset.classes)}) differ from the "
                             f"run's ({', '.join(info['config']['classes'])}); pass the --data "
@@ -470,6 +477,14 @@ def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True)
     test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
     ev = evaluate(net, test_b, dataset.classes, tta=settings.tta, tta_share=settings.tta_share,
                   dtype=evaluation_precision(device, settings))
+    return ev, dataset
+
+
+def evaluate_run(run: str | Path, data: str | None = None, verbose: bool = True) -> Evaluation:
+    """Re-create a run's report and confusion matrix on the test set from its saved weights."""
+    run = Path(run)
+    info = rundir.load_run(run)
+    ev, _ = test_evaluation(run, data, progress=verbose)
     metrics = dict(info["metrics"]) or {"weights_epoch": "?", "weights": "saved weights"}
     metrics.setdefault("weights_epoch", "?")
     metrics.setdefault("weights", "saved weights")

@@ -25,7 +25,8 @@ import numpy as np
 from scipy import stats as st
 
 from . import stats
-from .questions import METRICS, Question, measure, number, show, unit_name
+from .measures import METRICS, measure
+from .questions import Question, number, show, unit_name
 
 PRACTICAL_SEEDS = 30  # above this, more seeds are not the way to decide
 
