@@ -9,7 +9,7 @@ import nbformat
 from conftest import Tiny
 from nbclient import NotebookClient
 
-from cifarlab import rundir
+from cifarlab import evaluate_run, rundir
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "seed-study.ipynb"
 
@@ -56,5 +56,13 @@ def test_the_notebook_runs_the_study_and_shows_its_results(tmp_path, monkeypatch
     assert curves[1] == 2  # validation curves, part 5's accuracy against its data share
     assert confusion[1] == 1
     assert one_run[1] == 1 and re.search(r"^\s+accuracy\s+[01]\.\d{4}\s+100$", one_run[0], re.M)
-    assert predicted[1] == 1
+    # Each prediction is the one the run's own evaluation made for that test image.
+    shown = re.findall(r"^test image +(\d+) \((\w+)\): (\w+) \d+%", predicted[0], re.M)
+    assert len(shown) == 8 and predicted[1] == 1
+    run = re.search(r"seed \d+: (runs/\S+)$", one_run[0], re.M).group(1)  # the one shown
+    evaluation = evaluate_run(tmp_path / run, verbose=False)
+    classes = evaluation.classes
+    for index, truth, label in shown:
+        assert truth == classes[evaluation.labels[int(index)]]
+        assert label == classes[evaluation.predictions[int(index)]]
 
