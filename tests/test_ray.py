@@ -1,4 +1,5 @@
-"""Studies on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs)."""
+"""Studies on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs), and on
+the Ray instance cifarlab starts itself without --address (token authentication on)."""
 
 import json
 import os
