@@ -55,7 +55,7 @@ TRAINING_FLOORS = [("precision",), ("evaluate", "optim"), ("budget",), ("width",
                    ("run",)]
 # The many-runs half: the one-run modules never import it.
 MANY_RUNS = {"study", "questions", "runner", "ray_runner", "stats", "scorecard", "results",
-             "verdicts", "report", "cli"}
+             "verdicts", "report", "api", "cli"}
 
 
 def test_the_training_modules_import_only_those_on_lower_floors():
@@ -105,7 +105,7 @@ def test_the_public_api_keeps_every_name():
     assert cifarlab.__all__ == [
         "RunConfig", "Dataset", "load_cifar10", "EarlyStopping", "CifarlabError", "NetConfig",
         "build", "count_parameters", "preset", "RunResult", "evaluate_run", "load_network",
-        "train_run", "load_run", "fit", "__version__"]
+        "train_run", "load_run", "fit", "run_study", "StudyOutcome", "__version__"]
     from cifarlab import models, run, rundir, train
     assert (cifarlab.fit, cifarlab.train_run, cifarlab.load_run, cifarlab.build) == (
         train.fit, run.train_run, rundir.load_run, models.build)

@@ -1,4 +1,5 @@
-"""Studies on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs)."""
+"""Studies on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs), and on
+the Ray instance cifarlab starts itself without --address (token authentication on)."""
 
 import json
 import os
@@ -219,3 +220,94 @@ def test_a_cluster_that_needs_a_token_cifarlab_lacks_is_one_sentence(cluster, st
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cifarlab: error: ") and "RAY_AUTH_TOKEN" in last, done.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- Ray of its own
+
+# A process that starts the Ray instance cifarlab starts for `--executor ray` without
+# --address, runs one task on it, prints its GCS address and token, and holds it until its
+# standard input closes.
+HOLD_LOCAL = """
+import os, sys
+from cifarlab.ray_runner import RayOptions, connect
+ray = connect(RayOptions())
+def answer():
+    return 42
+print(ray.get_runtime_context().gcs_address, os.environ["RAY_AUTH_TOKEN"],
+      ray.get(ray.remote(answer).remote()), flush=True)
+sys.stdin.readline()
+"""
+
+# Another process that tries to join a Ray instance as a driver.
+JOIN = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], include_dashboard=False, configure_logging=False)
+except Exception as e:
+    print("refused", type(e).__name__)
+else:
+    print("joined", ray.cluster_resources()["CPU"])
+"""
+
+
+@pytest.fixture
+def fresh_env(tmp_path):
+    """An environment with no Ray token or mode, a home without ~/.ray, Ray's session files
+    in a temporary folder (its socket paths must stay short), and RAY_ADDRESS naming a port
+    where nothing listens (a Ray instance of cifarlab's own must not try to join it)."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=temp, RAY_ADDRESS=f"127.0.0.1:{free_port()}")
+    yield env
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def join(address: str, env: dict, **extra) -> str:
+    # Ray retries a refused driver once a second, 20 times by default: 2 say the same.
+    done = subprocess.run([sys.executable, "-c", JOIN, address], capture_output=True,
+                          text=True, timeout=120,
+                          env={**env, "RAY_gcs_server_port_wait_time_s": "2", **extra})
+    return done.stdout.strip()
+
+
+def test_the_ray_instance_cifarlab_starts_refuses_a_process_without_its_token(fresh_env):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCAL], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=fresh_env,
+                              start_new_session=True)
+    try:
+        address, token, answer = holder.stdout.readline().split()
+        assert answer == "42"  # the instance works for cifarlab's own processes
+        assert len(token) == 64
+        port = address.rpartition(":")[2]
+        assert join(f"127.0.0.1:{port}", fresh_env) == "refused ConnectionError"
+        assert join(f"127.0.0.1:{port}", fresh_env, RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN="0" * 64) == "refused ConnectionError"
+        # The same port lets in a process that has the token: the refusals were the token's.
+        assert join(f"127.0.0.1:{port}", fresh_env, RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN=token).startswith("joined")
+        assert not (Path(fresh_env["HOME"]) / ".ray").exists()  # the token is in no file
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_study_on_a_ray_instance_of_its_own_finishes_with_its_report(study_file, tmp_path,
+                                                                       fresh_env):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarlab", "study", str(study_file), "--executor", "ray",
+         "--seeds", "1", "--max-epochs", "2", "--out", str(out)], capture_output=True,
+        text=True, timeout=300,
+        env=fresh_env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Started a Ray instance on this machine" in done.stdout
+    assert "with token authentication" in done.stdout
+    runs = runs_of(out)
+    assert len(runs) == 2 and all(rundir.is_finished(p) for p in runs.values())
+    assert all(len(history_without_times(p)) == 3 for p in runs.values())  # header + 2 epochs
+    assert "| base |" in (out / "report.md").read_text()

@@ -12,9 +12,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     block = re.search(r"### Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     data = Tiny(per_class_train=30, per_class_test=5).write_binary(tmp_path / "data")
-    # Only the data location and the size of the job change; the calls are the README's.
-    code = block.replace('"../shared/data/cifar10-jpeg"', repr(str(data)))
-    code = code.replace("epochs=20", "epochs=2, blocks=2, filters=(8, 16), dense=(32,), "
+    monkeypatch.setenv("CIFARLAB_DATA", str(data))  # read as the README says, not downloaded
+    # Only the size of the job changes; the calls are the README's.
+    code = block.replace("epochs=20", "epochs=2, blocks=2, filters=(8, 16), dense=(32,), "
                         "val_split=50, device='cpu'")
     assert code != block
     monkeypatch.chdir(tmp_path)
@@ -39,6 +39,7 @@ def test_readme_stays_a_front_door():
                     "bash scripts/setup.sh --test && .venv/bin/python -m pytest -q"):
         assert command in text
     root = README.parent
-    for linked in re.findall(r"`((?:docs|benchmarks)/[\w./-]+\.(?:md|png))`|\]\(([\w./-]+\.png)\)",
+    for linked in re.findall(r"`((?:docs|benchmarks|examples)/[\w./-]+\.(?:md|png|ipynb))`"
+                             r"|\]\(([\w./-]+\.png)\)",
                              text):
         assert (root / (linked[0] or linked[1])).is_file(), linked

@@ -7,6 +7,12 @@ The Python API in one glance (the command line is a thin shell over it):
     result = train_run(RunConfig(model="batchnorm", epochs=20,
                                  early_stopping="val_accuracy:5"), data=data)
     result.metrics["test_accuracy"]
+
+A whole study, its progress and its report, as `cifarlab study` runs it:
+
+    from cifarlab import run_study
+    done = run_study("quick", out="runs/quick")
+    print(done.text)
 """
 
 import importlib
@@ -19,7 +25,7 @@ _HOMES = {"RunConfig": "config", "Dataset": "data", "load_cifar10": "data",
           "EarlyStopping": "early_stopping", "CifarlabError": "errors", "NetConfig": "models",
           "build": "models", "count_parameters": "models", "preset": "models",
           "RunResult": "run", "evaluate_run": "run", "load_network": "run", "train_run": "run",
-          "load_run": "rundir", "fit": "train"}
+          "load_run": "rundir", "fit": "train", "run_study": "api", "StudyOutcome": "api"}
 
 __all__ = [*_HOMES, "__version__"]
 

@@ -246,12 +246,9 @@ def cmd_study(args) -> int:
         return 0
     if not args.study:
         raise CifarlabError("name a study file or a built-in study (see `cifarlab study --list`)")
-    st = studies.load(args.study)
-    for key in ("data", "device"):
-        if getattr(args, key) is not None:
-            st.defaults[key] = getattr(args, key)
-    st = studies.apply_scale(st, studies.Scale(args.seeds, args.epochs_scale, args.fraction,
-                                               args.max_epochs))
+    st = studies.prepare(args.study, {"data": args.data, "device": args.device},
+                         studies.Scale(args.seeds, args.epochs_scale, args.fraction,
+                                       args.max_epochs))
     if args.print:
         print(studies.to_toml(st), end="")
         return 0

@@ -11,11 +11,18 @@ their own metrics.json, never by Ray's state, so a restarted driver skips them.
 
 The run folders must be on storage every node can reach (a shared file system), as must
 cifarlab itself (the same version installed on every node).
+
+Without an address cifarlab starts a Ray instance of its own on this machine (never joining
+one already running) with token authentication on: Ray's daemons listen on every network
+interface and Ray has no setting to keep them on loopback, so every one of their entry points
+must refuse a caller without the token. The token is random, made for this process, and lives
+only in the environment of cifarlab's process and the processes Ray starts from it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,21 +50,65 @@ class RayOptions:
         return self
 
 
+OLDEST_RAY = (2, 52)  # the first release with token authentication
+
+
 def import_ray():
     try:
         import ray
     except ImportError:
         raise CifarlabError("--executor ray needs Ray, which is not installed; install it "
                             "with: pip install 'cifarlab[ray]'") from None
+    found = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if found < OLDEST_RAY:
+        raise CifarlabError(f"--executor ray needs Ray 2.52 or later (token authentication), "
+                            f"found Ray {ray.__version__}; upgrade it with: pip install -U "
+                            "'cifarlab[ray]'")
     return ray
+
+
+# One token per process: Ray reads the token once and keeps it for the process's lifetime.
+_LOCAL = {"token": secrets.token_hex(32), "started": False}
+
+
+def start_local(ray) -> None:
+    """Start a Ray instance on this machine for cifarlab alone, with token authentication on
+    and a token of its own. address="local" starts a new instance even where RAY_ADDRESS or
+    a `ray start` instance on this machine would be joined (`--address auto` joins those).
+    The token goes into this process's environment, which the daemons and workers Ray
+    starts inherit, and into no file."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = _LOCAL["token"]
+    # `import ray` read the mode already; Ray's own start-up refreshes it the same way
+    # (ray._private.authentication), else this process would call without the token.
+    from ray._raylet import Config
+    Config.initialize("")
+    ray.init(address="local", include_dashboard=False, log_to_driver=True,
+             configure_logging=False)
+    _LOCAL["started"] = True
+
+
+def local_note(ray) -> str | None:
+    """What the study's output says about the Ray instance cifarlab started, if it did."""
+    if not _LOCAL["started"]:
+        return None
+    return (f"Started a Ray instance on this machine (GCS at "
+            f"{ray.get_runtime_context().gcs_address}) with token authentication: its ports "
+            "listen on every network interface and refuse anyone without the token, which "
+            "only this study's processes hold.")
 
 
 def connect(options: RayOptions):
     # Ray's C++ client logs a warning line per failed retry; the error below says it once.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if options.address is None:
+        start_local(ray)
+        return ray
     reachable = False
-    if options.address and options.address != "auto" and not ray.is_initialized():
+    if options.address != "auto":
         # Ray aborts the whole process when its head node cannot be reached, after a minute;
         # a plain connection attempt first turns a wrong address into one sentence.
         host, _, port = options.address.rpartition(":")
@@ -68,23 +119,22 @@ def connect(options: RayOptions):
                                 f"({getattr(e, 'strerror', None) or e}); check --address "
                                 "(host:port of the head node)") from None
         reachable = True
-    if not ray.is_initialized():
-        from ray.exceptions import AuthenticationError
-        try:
-            ray.init(address=options.address, include_dashboard=False,
-                     log_to_driver=True, configure_logging=False)
-        except (ConnectionError, AuthenticationError) as e:
-            if not reachable and not isinstance(e, AuthenticationError):
-                raise CifarlabError(f"cannot reach the Ray cluster at {options.address} ({e}); "
-                                    "check --address (host:port of the head node)") from None
-            # It answers on its port but refuses us: Ray reports a wrong or missing token
-            # this way (or a different Ray version).
-            raise CifarlabError(
-                f"the Ray cluster at {options.address or 'this machine'} answers but refused "
-                f"cifarlab ({str(e).splitlines()[0]}); if it uses token authentication set "
-                "RAY_AUTH_TOKEN to its token and RAY_AUTH_MODE=token (RAY_AUTH_MODE=disabled "
-                "for a cluster without it), else check that it runs the same Ray version") \
-                from None
+    from ray.exceptions import AuthenticationError
+    try:
+        ray.init(address=options.address, include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    except (ConnectionError, AuthenticationError) as e:
+        if not reachable and not isinstance(e, AuthenticationError):
+            raise CifarlabError(f"cannot reach the Ray cluster at {options.address} ({e}); "
+                                "check --address (host:port of the head node)") from None
+        # It answers on its port but refuses us: Ray reports a wrong or missing token
+        # this way (or a different Ray version).
+        raise CifarlabError(
+            f"the Ray cluster at {options.address} answers but refused "
+            f"cifarlab ({str(e).splitlines()[0]}); if it uses token authentication set "
+            "RAY_AUTH_TOKEN to its token and RAY_AUTH_MODE=token (RAY_AUTH_MODE=disabled "
+            "for a cluster without it), else check that it runs the same Ray version") \
+            from None
     return ray
 
 
@@ -128,6 +178,8 @@ def run(todo: list, progress, options: RayOptions) -> list:
     those that failed."""
     from .data import load_cifar10
     ray = connect(options.check())
+    if options.address is None and local_note(ray):
+        progress.note(local_note(ray))
     from ray.util.queue import Queue
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     gpus = options.gpus if options.gpus is not None else (1.0 if has_gpus else 0.0)

@@ -13,15 +13,7 @@ import numpy as np
 
 from . import figures, rundir, scorecard
 from .errors import CifarlabError
-from .results import (
-    METRICS,
-    Group,
-    Results,
-    confusion_sum,
-    most_confused_pairs,
-    per_class_f1,
-    sweeps,
-)
+from .results import METRICS, Group, Results, confusion_of, most_confused_pairs, sweeps
 from .verdicts import (
     COMPARISON_HEAD,
     COMPARISON_KEYS,
@@ -73,10 +65,9 @@ def write(results: Results, out: str | Path, gallery: bool = True) -> tuple[Path
             images.append(("sweeps", f"{name}: accuracy against the swept setting",
                            figures.png(figures.sweep(name, gs))))
     for g in results.groups:
-        found = confusion_sum(g) if g.runs and not g.same_as else None
+        found = confusion_of(g) if g.runs and not g.same_as else None
         if found is not None:
-            f1 = np.mean([per_class_f1(r, found[1]) for r in g.runs], axis=0)
-            fig = figures.study_confusion(g.name, *found, f1, len(g.runs))
+            fig = figures.study_confusion(g.name, *found, len(g.runs))
             images.append(("confusion", g.name, figures.png(fig)))
     ranked = sorted((g for g in results.groups if g.runs),
                     key=lambda g: -g.summary("test_accuracy").mean)

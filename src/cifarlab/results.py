@@ -255,6 +255,16 @@ def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
     return np.array(rows), classes
 
 
+def confusion_of(g: Group) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+    """A variant's confusion matrix summed over its runs, its classes and its mean F1 per
+    class (what figures.study_confusion draws); None without runs."""
+    found = confusion_sum(g)
+    if found is None:
+        return None
+    matrix, classes = found
+    return matrix, classes, np.mean([per_class_f1(r, classes) for r in g.runs], axis=0)
+
+
 def per_class_f1(run: Run, classes: list[str]) -> list[float]:
     """A run's F1 score per class from its metrics.json, in `classes`' order."""
     scores = run.metrics.get("per_class")

@@ -78,11 +78,13 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
 
 
 def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True,
-              ray=None) -> list[Task]:
+              ray=None, live: bool | None = None) -> list[Task]:
     """Train every unfinished run of `study` under `out`; return the tasks that failed.
 
     With `ray` (ray_runner.RayOptions) the runs are Ray tasks on a Ray cluster instead of
-    `jobs` local processes; the study folder is the same either way."""
+    `jobs` local processes; the study folder is the same either way. `live`: a progress bar
+    over the study's epochs (default: when standard output is a terminal), else a line per
+    finished run."""
     out = Path(out)
     if jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
@@ -99,7 +101,7 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
         raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
                             "writable --out") from None
     with rundir.lock(out), _terminate_as_interrupt():  # a second study process is refused
-        return _run_locked(study, out, jobs, verbose, tasks, ray)
+        return _run_locked(study, out, jobs, verbose, tasks, ray, live)
 
 
 @contextlib.contextmanager
@@ -136,7 +138,7 @@ def failure_text(path: Path, error: Exception) -> str:
 
 
 def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task],
-                ray=None) -> list[Task]:
+                ray=None, live: bool | None = None) -> list[Task]:
     """Hand the unfinished runs to an executor: a function (todo, progress) -> failed tasks
     that trains each task into its folder. Three exist: one at a time in this process,
     `jobs` local processes, and Ray tasks (ray_runner.run)."""
@@ -144,8 +146,9 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     todo = [t for t in tasks if not rundir.is_finished(t.path)]
     for t in todo:
         t.resume = rundir.prepare_unfinished(t.path)
+    live = sys.stdout.isatty() if live is None else live
     progress = StudyProgress(len(tasks), len(tasks) - len(todo),
-                             sum(t.cfg.epochs for t in todo), live=verbose and sys.stdout.isatty(),
+                             sum(t.cfg.epochs for t in todo), live=verbose and live,
                              enabled=verbose)
     progress.begin(out)
     if not todo:

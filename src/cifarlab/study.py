@@ -284,6 +284,17 @@ def load(name_or_path: str) -> Study:
     return parse(load_toml(path), str(path))
 
 
+def prepare(name_or_path: str, settings: dict | None = None,
+            scale: Scale | None = None) -> Study:
+    """A study as `cifarlab study NAME --data D --device X [scale knobs]` runs it: loaded,
+    `settings` (run settings, as the study's [defaults] hold them; None values left out)
+    set for every run, then scaled."""
+    study = load(name_or_path)
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    defaults = {**study.defaults, **check_settings(given, "the study's settings")}
+    return apply_scale(dataclasses.replace(study, defaults=defaults), scale or Scale())
+
+
 def apply_scale(study: Study, scale: Scale) -> Study:
     if scale.seeds is not None:
         if scale.seeds < 1:
