@@ -10,8 +10,8 @@ from test_study import toml_study
 import cifarlab
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
-from cifarlab.report import markdown_table
 from cifarlab.study import load, prepare
+from cifarlab.verdicts import markdown_table
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,137 @@
+"""The built-in studies, as data in the shape of a study file: the original course study
+(`seed`) with its five conclusions as questions, its quick version (the README's main job) and
+three studies of one factor each (depth, regularisation, data size)."""
+
+from __future__ import annotations
+
+
+def original_questions(smaller: str, smallest: str, everything: str, share: str,
+                       least: str) -> list[dict]:
+    """The original report's five conclusions (docs/original-study.md) as questions, for a
+    study with the seed study's variant names; part 5's variants are named by the caller
+    (`share` and `least` say in words what part of the data `smaller` and `smallest` use)."""
+    simple, deep = "part1-simple", "part2-deep"
+    es_acc, es_loss, bn = "part3-es-val_accuracy", "part3-es-val_loss", "part4-batchnorm"
+    questions = [
+        {"name": "1 simple over-fits", "metric": "gap_growth", "variant": simple,
+         "expect": "higher",
+         "claim": "Trained to the end, the simple network over-fits: after its validation loss "
+                  "bottoms out, the train/validation accuracy gap keeps widening"},
+        {"name": "2 deeper is no better", "metric": "test_accuracy", "compare": [deep, simple],
+         "expect": "not higher", "margin": 0.01,
+         "claim": "The deeper network is no better than the simple one (not by a point)"},
+        {"name": "3 early stopping stops before over-fitting", "metric": "overfit_gap",
+         "compare": [es_acc, simple], "expect": "lower",
+         "claim": "Early stopping on validation accuracy keeps an epoch with a smaller "
+                  "train/validation gap than training to the end"},
+        {"name": "3 early stopping costs no accuracy", "metric": "test_accuracy",
+         "compare": [es_acc, simple], "expect": "not lower", "margin": 0.01,
+         "claim": "Early stopping on validation accuracy loses no test accuracy (not a point)"},
+        {"name": "3 stopping on val loss costs no accuracy", "metric": "test_accuracy",
+         "compare": [es_loss, simple], "expect": "not lower", "margin": 0.01,
+         "claim": "Early stopping on validation loss loses no test accuracy (not a point)"},
+        {"name": "4 batch norm: smaller gap than simple", "metric": "overfit_gap",
+         "compare": [bn, simple], "expect": "lower",
+         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
+                  "simple network"},
+        {"name": "4 batch norm: smaller gap than deep", "metric": "overfit_gap",
+         "compare": [bn, deep], "expect": "lower",
+         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
+                  "deeper network"},
+        {"name": "5 less data, similar accuracy", "metric": "test_accuracy",
+         "compare": [smaller, everything], "expect": "equivalent", "margin": 0.02,
+         "claim": f"Trained on {share} of the images, the batch-norm network reaches similar "
+                  "test accuracy (within 2 points)"},
+        {"name": "5 less data, less time", "metric": "train_time_s",
+         "compare": [smaller, everything], "expect": "lower",
+         "claim": f"Trained on {share} of the images, it takes less time"},
+        {"name": "5 too little data costs accuracy", "metric": "test_accuracy",
+         "compare": [smallest, everything], "expect": "lower", "margin": 0.02,
+         "claim": f"Trained on {least} of the images, it loses more than 2 points"},
+    ]
+    return [{"name": q.pop("name"), "claim": q.pop("claim"), **q} for q in questions]
+
+
+BUILTINS: dict[str, dict] = {
+    "seed": {
+        "name": "seed",
+        "description": "The original course study, part by part (SEED-STUDY.md), over seeds.",
+        "seeds": 3,
+        "baseline": "part1-simple",
+        "defaults": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3},
+        "variant": [
+            {"name": "part1-simple", "model": "simple", "epochs": 35},
+            {"name": "part2-deep", "model": "deep", "epochs": 50},
+            {"name": "part3-es-val_accuracy", "model": "simple", "epochs": 50,
+             "early_stopping": "val_accuracy:10"},
+            {"name": "part3-es-val_loss", "model": "simple", "epochs": 50,
+             "early_stopping": "val_loss:10"},
+            {"name": "part4-batchnorm", "model": "batchnorm", "epochs": 50,
+             "early_stopping": "val_accuracy:10"},
+            {"name": "part5-batchnorm", "model": "batchnorm", "epochs": 50,
+             "early_stopping": "val_accuracy:10", "grid": {"fraction": [0.1, 0.2, 0.5, 1.0]}},
+        ],
+        "question": original_questions("part5-batchnorm fraction=0.5",
+                                       "part5-batchnorm fraction=0.1",
+                                       "part5-batchnorm fraction=1", "half", "a tenth"),
+    },
+    "quick": {
+        "name": "quick",
+        "description": "The seed study's five parts sized for ~15 minutes on 2 CPU cores: "
+                       "2,450 training images, 3 seeds; the README's main job.",
+        "seeds": 3,
+        "baseline": "part1-simple",
+        # Small enough to be quick, large enough that every variant learns (>= 0.35). At
+        # this size the networks still improve slowly at epoch 10, so early stopping counts
+        # only a gain of a full point (Keras' min_delta) and stops when the curve flattens.
+        "defaults": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "fraction": 0.05,
+                     "val_split": 1000, "epochs": 8},
+        "variant": [
+            {"name": "part1-simple", "model": "simple"},
+            {"name": "part2-deep", "model": "deep"},
+            {"name": "part3-es-val_accuracy", "model": "simple", "epochs": 10,
+             "early_stopping": "val_accuracy:2", "min_delta": 0.01},
+            {"name": "part3-es-val_loss", "model": "simple", "epochs": 10,
+             "early_stopping": "val_loss:2", "min_delta": 0.01},
+            {"name": "part4-batchnorm", "model": "batchnorm", "epochs": 10,
+             "early_stopping": "val_accuracy:2", "min_delta": 0.01},
+            {"name": "part5-batchnorm", "model": "batchnorm", "epochs": 10,
+             "early_stopping": "val_accuracy:2", "min_delta": 0.01,
+             "grid": {"fraction": [0.02, 0.035, 0.05]}},
+        ],
+        "question": original_questions("part5-batchnorm fraction=0.035",
+                                       "part5-batchnorm fraction=0.02",
+                                       "part5-batchnorm fraction=0.05", "70%", "40%"),
+    },
+    "depth": {
+        "name": "depth",
+        "description": "How depth changes the result: 1-5 conv blocks x 1-3 dense layers.",
+        "seeds": 3,
+        "baseline": "depth blocks=3 dense=128",
+        "defaults": {"model": "simple", "epochs": 20, "early_stopping": "val_accuracy:5"},
+        "variant": [{"name": "depth", "grid": {"blocks": [1, 2, 3, 4, 5],
+                                               "dense": [[128], [128, 64], [128, 64, 32]]}}],
+    },
+    "regularization": {
+        "name": "regularization",
+        "description": "Dropout 0 / 0.2 / 0.5 x batch norm off / on, with and without early "
+                       "stopping.",
+        "seeds": 3,
+        "baseline": "no-es dropout=0 batchnorm=false",
+        "defaults": {"model": "simple", "epochs": 20},
+        "variant": [
+            {"name": "no-es", "grid": {"dropout": [0.0, 0.2, 0.5], "batchnorm": [False, True]}},
+            {"name": "es", "early_stopping": "val_accuracy:5",
+             "grid": {"dropout": [0.0, 0.2, 0.5], "batchnorm": [False, True]}},
+        ],
+    },
+    "data-size": {
+        "name": "data-size",
+        "description": "Accuracy and training time against the amount of training data.",
+        "seeds": 3,
+        "baseline": "batchnorm fraction=1",
+        "defaults": {"model": "batchnorm", "epochs": 30, "early_stopping": "val_accuracy:5"},
+        "variant": [{"name": "batchnorm",
+                     "grid": {"fraction": [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0]}}],
+    },
+}
