@@ -197,6 +197,19 @@ def test_rerunning_a_changed_study_into_the_same_folder_is_refused(tmp_path, dat
     assert "trained with other settings (epochs)" in capsys.readouterr().err
 
 
+def test_a_study_run_with_a_precision_is_never_resumed_with_another(tmp_path, data, capsys):
+    # --precision is recorded in every run's settings: a study resumed (or grown) with
+    # another precision is refused, so its runs never mix float32 and bf16.
+    path = toml_study(tmp_path, data, body='[[variant]]\nname = "base"\n', seeds=1)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--precision", "float32", "--out", str(out)]) == 0
+    saved = json.loads(next(out.glob("runs/*/seed-0/config.json")).read_text())
+    assert saved["settings"]["precision"] == "float32"
+    assert main(["study", str(path), "--precision", "auto", "--seeds", "2",
+                 "--out", str(out)]) == 2
+    assert "trained with other settings (precision)" in capsys.readouterr().err
+
+
 def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data, monkeypatch):
     # one thread per job whatever the machine: one job would otherwise get all the cores and
     # two jobs half each, and thread counts change float rounding

@@ -246,7 +246,8 @@ def cmd_study(args) -> int:
         return 0
     if not args.study:
         raise CifarlabError("name a study file or a built-in study (see `cifarlab study --list`)")
-    st = studies.prepare(args.study, {"data": args.data, "device": args.device},
+    st = studies.prepare(args.study, {"data": args.data, "device": args.device,
+                                      "precision": args.precision},
                          studies.Scale(args.seeds, args.epochs_scale, args.fraction,
                                        args.max_epochs))
     if args.print:
@@ -397,6 +398,9 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    help="Ray: attempts again a run whose worker died, up to N times (default 2)")
     p.add_argument("--data", help=HELP["data"])
     p.add_argument("--device", help=HELP["device"])
+    p.add_argument("--precision", choices=("auto", "float32", "bf16"),
+                   help="every run's precision, recorded with the study so that a resumed "
+                        "study never mixes two (default: each run's own, auto)")
     p.add_argument("--seeds", type=_typed(int), metavar="N", help="use N seeds")
     p.add_argument("--epochs-scale", type=_typed(float), default=1.0, metavar="X",
                    help="multiply every variant's epochs by X")
