@@ -260,7 +260,7 @@ def _warnings(results: Results) -> list[str]:
 
 def _width_notes(g: Group) -> list[str]:
     """What a reader of a budget study must know about widths: a budget without given
-    filters lets each run choose its network's width (train.width_for_budget), so a variant
+    filters lets each run choose its network's width (width.width_for_budget), so a variant
     may train another width than its preset's, or, near the length where the choice flips
     on a shared machine's speed, different widths on different seeds."""
     settings = g.runs[0].config.get("settings", {})
