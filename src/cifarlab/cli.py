@@ -103,6 +103,8 @@ EXAMPLES = {
              "  cifarlab study quick --data ../shared/data/cifar10-jpeg --jobs 2 --out runs/quick\n"
              "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 5 --fraction 0.1 "
              "--max-epochs 10 --jobs 2 --out runs/seed-small\n"
+             "  cifarlab study quick --budget 15m --data ../shared/data/cifar10-jpeg --jobs 2 "
+             "--out runs/quick-15m\n"
              "  cifarlab study my-study.toml --out runs/mine\n"
              "  cifarlab study my-study.toml --executor ray --address head-node:6379",
     "report": "example:\n  cifarlab report runs/quick",
@@ -260,16 +262,18 @@ def cmd_study(args) -> int:
     for key in ("data", "device"):
         if getattr(args, key) is not None:
             st.defaults[key] = getattr(args, key)
-    st = studies.apply_scale(st, studies.Scale(args.seeds, args.epochs_scale, args.fraction,
-                                               args.max_epochs))
+    given = studies.Scale(args.seeds, 1.0 if args.epochs_scale is None else args.epochs_scale,
+                          args.fraction, args.max_epochs)
+    written, st = st, studies.apply_scale(st, given)
     if args.print:
         print(studies.to_toml(st), end="")
         return 0
-    st.command = ["cifarlab", *args.argv]
+    st.command = written.command = ["cifarlab", *args.argv]
     from . import report
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
     started = time.perf_counter()
+    outcome = None
     try:
         ray = None
         if args.executor == "ray":
@@ -277,21 +281,45 @@ def cmd_study(args) -> int:
             ray = RayOptions(args.address, args.cpus_per_task, args.gpus_per_task, args.retries)
         elif args.address:
             raise CifarlabError("--address is for --executor ray; add --executor ray or drop it")
-        failed = run_study(st, out, jobs=args.jobs, ray=ray)
+        if args.budget is not None:
+            outcome = _budgeted(args, written, given, out)
+            failed = outcome.failed
+        else:
+            failed = run_study(st, out, jobs=args.jobs, ray=ray)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train.Interrupted carries it)
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))
+    writing = time.perf_counter()
     results = report.collect_study(out, equivalence=args.equivalence)
     html_path, md_path = report.write(results, out)
-    print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
-          f"and {md_path}")
+    if outcome is not None:
+        from . import budget
+        budget.finish(outcome, time.perf_counter() - writing)
+        print(f"\nStudy finished {budget.elapsed_text(outcome)}. Report: {html_path} and "
+              f"{md_path}")
+    else:
+        print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
+              f"and {md_path}")
     print(report.terminal_text(results))
     if failed:
         print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
               "re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _budgeted(args, study, given, out: Path):
+    """`cifarlab study --budget`: plan for this machine, then train in two rounds."""
+    from . import budget
+    from .config import parse_budget
+    parse_budget(args.budget)  # a bad duration is refused before anything is measured
+    if args.executor == "ray":
+        raise CifarlabError("--budget plans the study for this machine's own jobs; drop "
+                            "--executor ray, or drop --budget and give --seeds yourself")
+    if args.jobs < 1:
+        raise CifarlabError(f"--jobs must be at least 1, got {args.jobs}")
+    return budget.run(study, out, args.budget, args.jobs, given, args.seeds is not None)
 
 
 def cmd_report(args) -> int:
@@ -408,7 +436,13 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=HELP["data"])
     p.add_argument("--device", help=HELP["device"])
     p.add_argument("--seeds", type=_typed(int), metavar="N", help="use N seeds")
-    p.add_argument("--epochs-scale", type=_typed(float), default=1.0, metavar="X",
+    p.add_argument("--budget", metavar="TIME",
+                   help="plan the whole study, report included, for TIME on this machine "
+                   "(e.g. 45s, 15m, 2h): a probe of each network picks the scale and the "
+                   "first round's seeds; the rest of the time buys more seeds for the "
+                   "questions they can still decide (--seeds, --fraction, --max-epochs "
+                   "given with it are kept)")
+    p.add_argument("--epochs-scale", type=_typed(float), metavar="X",
                    help="multiply every variant's epochs by X")
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
                    help="multiply every variant's training fraction by F")

@@ -124,6 +124,7 @@ class Choice:
     before: int  # seeds it had (paired: the seeds both variants share)
     after: int  # seeds it has once the second round is trained
     status: str  # powered | decides | narrows | out of reach | no spread
+    power: float = math.nan  # the plan's predicted power at the interest (budget.py fills it)
 
     def to_dict(self) -> dict:
         d = asdict(self)

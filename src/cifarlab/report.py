@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir, scorecard, stats
+from . import budget_report, rundir, scorecard, stats
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
 from .questions import parse as parse_questions
@@ -110,6 +110,7 @@ class Results:
     command: list[str] = field(default_factory=list)  # the study's command line, if known
     equivalence: float | None = None  # smallest difference of interest, for TOST
     questions: list = field(default_factory=list)  # the study's declared questions
+    budget: dict | None = None  # a budgeted study's plan and spending (budget_report.py)
 
     def answers(self) -> list[scorecard.Answer]:
         """The scorecard: each declared question answered from the finished runs."""
@@ -144,13 +145,14 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
     from .study import slug
     groups, unfinished = [], []
     for v in study["variants"]:
+        seeds = v.get("seeds") or study["seeds"]  # a budget's second round: its own seeds
         g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""),
                   same_as=v.get("same_as"), effective=v.get("effective") or {},
-                  expected=len(study["seeds"]))
+                  expected=len(seeds))
         groups.append(g)
         if g.same_as:
             continue  # filled from its twin below
-        for seed in study["seeds"]:
+        for seed in seeds:
             path = out / "runs" / slug(v["name"]) / f"seed-{seed}"
             run = _read_run(path)
             if run is None:
@@ -169,7 +171,7 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
                                 [g.name for g in groups], f"{out / 'study.json'}")
     return Results(f"Study {study['name']}", groups, study["baseline"], settings,
                    study.get("scale_text", ""), unfinished, study.get("command") or [],
-                   equivalence, questions)
+                   equivalence, questions, study.get("budget"))
 
 
 def _question_table(q: dict) -> dict:
@@ -518,7 +520,8 @@ def _preset_filters(model: str | None) -> tuple | None:
 
 def terminal_text(results: Results) -> str:
     rows = table_rows(results)
-    return scorecard_text(results) + "\n".join(answer(results, rows)) + "\n\n" + \
+    return scorecard_text(results) + budget_report.text(results) + \
+        "\n".join(answer(results, rows)) + "\n\n" + \
         variant_table(results, rows) + "\n\n" + comparison_table(results, rows)
 
 
@@ -780,6 +783,8 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
     rows = table_rows(results)
     if results.questions:
         parts += ["## Scorecard", "", scorecard.NOTE, "", scorecard_text(results).rstrip(), ""]
+    if results.budget:
+        parts += budget_report.markdown(results).split("\n")[:-1]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
@@ -954,7 +959,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
 {_STYLE}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
-{_html_scorecard(results)}
+{_html_scorecard(results)}{budget_report.html(results)}
 <h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>

@@ -1,0 +1,99 @@
+"""How fast this machine trains and evaluates a study's networks, measured, not guessed.
+
+Each distinct network and batch of a study gets a second or two of real training steps (on
+random images: a step costs the same whatever the pixels) and one evaluation batch, at the
+threads each of the study's jobs will have. The planner (planner.py) turns these into the
+seconds each run takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig, cpu_threads
+from .run import EVAL_BATCH, build_network
+from .train import autocast, make_optimizer, resolve_device, run_precision
+
+SECONDS = 1.5  # of training steps timed per network: long enough to average out a hiccup
+WARM_UP = 3  # untimed steps first: the first allocations and kernel choices are slow
+
+
+@dataclass
+class Speed:
+    step_s: float  # one training step on a full batch
+    eval_image_s: float  # one image evaluated (in batches of EVAL_BATCH, no gradients)
+
+
+def key(cfg: RunConfig) -> str:
+    """What makes two runs cost the same per step: the network, the batch, the optimizer
+    and the precision (the data, epochs and seed do not)."""
+    return repr((dataclasses.astuple(cfg.net_config()), cfg.batch_size, cfg.optimizer,
+                 cfg.precision, cfg.device))
+
+
+def measure(cfg: RunConfig, threads: int, seconds: float | None = None) -> Speed:
+    """Time `cfg`'s network at `threads` torch threads: training steps for `seconds` (at
+    least 5, after WARM_UP untimed ones) and two evaluation batches (after an untimed one);
+    the median of each."""
+    seconds = SECONDS if seconds is None else seconds
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        device = resolve_device(cfg.device)
+        dtype = run_precision(device, cfg)
+        net = build_network(cfg, 10, device).train()
+        opt = make_optimizer(net, cfg)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        gen = torch.Generator().manual_seed(0)
+        x, y = _batch(cfg.batch_size, gen, device), torch.randint(0, 10, (cfg.batch_size,),
+                                                                   generator=gen).to(device)
+
+        def step() -> None:
+            with autocast(device, dtype):
+                loss = loss_fn(net(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for _ in range(WARM_UP):
+            step()
+        times, t0 = [], time.perf_counter()
+        while len(times) < 5 or time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        net.eval()
+        images = _batch(EVAL_BATCH, gen, device)
+        evals = []
+        with torch.no_grad(), autocast(device, dtype):
+            for _ in range(3):
+                t = time.perf_counter()
+                net(images)
+                evals.append(time.perf_counter() - t)
+        # medians: a step another process delayed says nothing of the next thousand
+        return Speed(float(np.median(times)), float(np.median(evals[1:])) / EVAL_BATCH)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _batch(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    # channels-last, as loader.Batches hands batches to the network
+    x = torch.rand(n, 3, 32, 32, generator=gen).to(device)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def measure_all(configs: list[RunConfig], jobs: int, seconds: float | None = None
+                ) -> dict[str, Speed]:
+    """Each distinct network and batch among `configs`, at the threads one of `jobs` jobs
+    gets."""
+    threads = cpu_threads(jobs)
+    out: dict[str, Speed] = {}
+    for cfg in configs:
+        if key(cfg) not in out:
+            out[key(cfg)] = measure(cfg, threads, seconds)
+    return out
