@@ -70,14 +70,18 @@ def _decided(results, plan: dict, second: dict) -> list[str]:
     if not rows:
         return []
     done = [f"{name} ({verdict})" for name, verdict, *_ in rows if verdict]
-    open_ = [r for r in rows if not r[1]]
+    few = [r[0] for r in rows if not r[1] and r[5] < stats.MIN_SEEDS]
+    open_ = [r for r in rows if not r[1] and r[5] >= stats.MIN_SEEDS]
     out = [f"Decided: {', '.join(done) if done else 'nothing yet'}."]
+    if few:
+        out.append(f"Not answered: {', '.join(few)}, with fewer than {stats.MIN_SEEDS} seeds; "
+                   "a longer budget buys the first round they need.")
     if not open_:
         return out
     run_s = {v: s * (second.get("ratio") or 1.0) for v, s in (plan.get("run_s") or {}).items()}
     jobs = max(1, int(plan.get("jobs") or 1))
     reachable, beyond, extra_total = [], [], {}
-    for name, _, variants, need, target in open_:
+    for name, _, variants, need, target, _n in open_:
         if need is None or need > PRACTICAL_SEEDS:
             beyond.append(name)
             continue
@@ -108,8 +112,9 @@ def _origin(results, name: str) -> str:
 
 
 def _rows(results) -> list[tuple]:
-    """(name, verdict or '', variants, seeds that would decide it, its target in words)
-    per question, or per comparison with the baseline for a study without questions."""
+    """(name, verdict or '', variants, seeds that would decide it, its target in words,
+    seeds it has) per question, or per comparison with the baseline for a study without
+    questions."""
     if results.questions:
         answers = results.answers()
         family = max(1, sum(not math.isnan(a.p_value) for a in answers))
@@ -122,7 +127,8 @@ def _rows(results) -> list[tuple]:
                       else show(metric.interest, metric, signed=False))
             need = seeds_to_decide(a.question, a.spread, a.paired, family) \
                 if a.spread > 0 else None
-            out.append((a.question.name, verdict, a.question.variants, need, target))
+            out.append((a.question.name, verdict, a.question.variants, need, target,
+                        min(len(results.group(v).runs) for v in a.question.variants)))
         return out
     from .report import comparisons
     out = []
@@ -132,7 +138,7 @@ def _rows(results) -> list[tuple]:
         verdict = c.verdict if c.verdict in ("better", "worse") or \
             c.verdict.startswith("equivalent") else ""
         out.append((name, verdict, (name, results.baseline), c.seeds_for_target,
-                    f"{stats.TARGET * 100:g} point"))
+                    f"{stats.TARGET * 100:g} point", c.n))
     return out
 
 

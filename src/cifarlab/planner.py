@@ -27,10 +27,11 @@ FIRST = stats.MIN_SEEDS  # first-round seeds: the fewest that give a verdict
 MIN_IMAGES = 500  # the smallest variant keeps this many training images (50 a class)...
 MIN_EPOCHS = 2  # ...and the shortest this many epochs, at the smallest scale
 RUN_OVERHEAD_S = 4.0  # a run's own set-up and writing, at the probe's speed
-# Seconds kept back for the report (its figures, tables and gallery: 29 s measured for a
-# 9-variant study on a loaded 2-core machine, 3-5 s for 3 tiny variants) and for starting
-# job processes (each round, with --jobs 2 or more).
-REPORT_S, REPORT_PER_VARIANT_S, START_S = 3.0, 3.0, 4.0
+# Seconds kept back for the report (its figures, tables and gallery: 22-29 s measured for
+# the 8-variant quick study on a loaded 2-core machine, 3-5 s for 3 tiny variants) and for
+# starting the job processes of a round with --jobs 2 or more (Python, torch and the data in
+# each: 10-20 s there).
+REPORT_S, REPORT_PER_VARIANT_S, START_S = 3.0, 3.0, 12.0
 
 
 @dataclass
@@ -123,7 +124,8 @@ def floors(study: Study, sizes: Sizes) -> tuple[float, float]:
     smallest = min(_train_images(study.config(v, study.seeds[0]), sizes)
                    for v in study.variants)
     shortest = min(study.config(v, study.seeds[0]).epochs for v in study.variants)
-    return min(1.0, MIN_IMAGES / smallest), min(1.0, MIN_EPOCHS / shortest)
+    return (min(1.0, _two_digits_up(MIN_IMAGES / smallest)),
+            min(1.0, _two_digits_up(MIN_EPOCHS / shortest)))
 
 
 def choose(study: Study, given: Scale, seeds_given: bool, sizes: Sizes,
@@ -192,12 +194,19 @@ def _largest(ok, low: float, high: float) -> float | None:
     return x if ok(x) else low
 
 
+def _two_digits_up(x: float) -> float:
+    """x rounded up to two significant digits (a floor stays a floor)."""
+    down = _two_digits(x)
+    step = 10 ** (math.floor(math.log10(x)) - 1)
+    return down if math.isclose(down, x) else round(down + step, 12)
+
+
 def _two_digits(x: float) -> float:
     """x rounded down to two significant digits (a scale a person can read)."""
     if x <= 0:
         return x
     step = 10 ** (math.floor(math.log10(x)) - 1)
-    return math.floor(x / step + 1e-9) * step
+    return round(math.floor(x / step + 1e-9) * step, 12)
 
 
 def describe(study: Study, sizes: Sizes, seeds: int, first_s: float, budget: str,
