@@ -174,7 +174,7 @@ def run(study: Study, out: Path, budget: str, jobs: int, given: Scale, seeds_giv
               f"{planner.minutes(max(0.0, left))} left.", flush=True)
     try:
         outcome = _rounds(scaled, out, plan, jobs, ledger, deadline, seeds_given and recorded
-                          is not None, given.seeds, verbose)
+                          is not None, given.seeds, verbose, len(study.seeds))
     finally:
         ledger.save()
     outcome.budget = budget
@@ -216,8 +216,8 @@ def _new_plan(study, sizes, budget, budget_s, jobs, given, seeds_given, started,
     speeds = probe.measure_all([written.config(v, written.seeds[0])
                                 for v in written.variants], jobs)
     probe_s = time.time() - t0
-    reserve = planner.reserve_seconds(study, jobs, ledger.report_s)
-    elapsed = time.time() - started
+    reserve = planner.report_seconds(study, ledger.report_s)
+    elapsed = time.time() - started + planner.start_seconds(jobs)  # starts: still to come
     available = budget_s - ledger.before() - elapsed - reserve
     try:
         scale, seeds, first_s = planner.choose(study, given, seeds_given, sizes, speeds,
@@ -232,7 +232,7 @@ def _new_plan(study, sizes, budget, budget_s, jobs, given, seeds_given, started,
                             budget_s - ledger.before(), jobs)
     return planner.Plan(budget, budget_s, jobs, dataclasses.asdict(scale), seeds,
                         {k: dataclasses.asdict(v) for k, v in speeds.items()}, run_s,
-                        first_s, reserve, probe_s, text)
+                        first_s, reserve, probe_s, text, seeds_given=seeds_given)
 
 
 def _too_small(study: Study, e, budget: str, given: Scale, seeds_given: bool,
@@ -277,12 +277,28 @@ def _continued(plan: planner.Plan, study: Study, budget: str, budget_s: float, g
 
 
 def _rounds(scaled: Study, out: Path, plan: planner.Plan, jobs: int, ledger: Ledger,
-            deadline: float, grow_to: bool, seeds: int | None, verbose: bool) -> Outcome:
+            deadline: float, grow_to: bool, seeds: int | None, verbose: bool,
+            written_seeds: int) -> Outcome:
     first = dataclasses.replace(scaled, seeds=scaled.seeds[:plan.first], variant_seeds={})
     first.budget = _record(plan, ledger)
     twins = first.twins()
     pace = BudgetPace(ledger, plan.run_s, deadline, twins)
     failed = run_study(first, out, jobs=jobs, verbose=verbose, pace=pace)
+    if not (pace.turned_away or failed or plan.seeds_given) and plan.first < stats.MIN_SEEDS:
+        # Time left after a first round too small for a verdict (the runs went faster than
+        # the probe said): it grows toward the seeds a verdict needs, as far as time goes.
+        more = dataclasses.replace(first, seeds=_seed_list(first.seeds, stats.MIN_SEEDS))
+        failed = run_study(more, out, jobs=jobs, verbose=verbose, pace=pace)
+        finished = {v.name: [s for s in more.seeds if rundir.is_finished(
+            out / "runs" / slug(v.name) / f"seed-{s}")] for v in more.variants
+            if v.name not in twins}
+        if all(len(s) == stats.MIN_SEEDS for s in finished.values()):
+            plan.first = stats.MIN_SEEDS
+            plan.scale["seeds"] = None if stats.MIN_SEEDS == written_seeds else plan.first
+            first = dataclasses.replace(more, scale=Scale(**plan.scale))
+        else:
+            first.variant_seeds = {v: s for v, s in finished.items()
+                                   if len(s) > len(first.seeds)}
     if pace.turned_away or failed or plan.first < stats.MIN_SEEDS:
         plan.second = plan.second or {}
         first.budget = _record(plan, ledger, pace.turned_away)

@@ -80,8 +80,11 @@ def _decided(results, plan: dict, second: dict) -> list[str]:
         return out
     run_s = {v: s * (second.get("ratio") or 1.0) for v, s in (plan.get("run_s") or {}).items()}
     jobs = max(1, int(plan.get("jobs") or 1))
-    reachable, beyond, extra_total = [], [], {}
+    reachable, beyond, flat, extra_total = [], [], [], {}
     for name, _, variants, need, target, _n in open_:
+        if need == 0:
+            flat.append(name)
+            continue
         if need is None or need > PRACTICAL_SEEDS:
             beyond.append(name)
             continue
@@ -100,6 +103,9 @@ def _decided(results, plan: dict, second: dict) -> list[str]:
         out.append(f"A budget of about {planner.budget_words(more)} would give them all the "
                    "seeds their spread asks for" + (f": `{command}` (finished runs are kept)."
                                                     if command else "."))
+    if flat:
+        out.append(f"Not decided, and no seeds would decide: {', '.join(flat)} (every seed "
+                   "gave the same difference, so there is no spread to test).")
     if beyond:
         out.append(f"Not decided, and beyond {PRACTICAL_SEEDS} seeds at this scale: "
                    f"{', '.join(beyond)}; a larger scale (more data or epochs per run) lowers "
@@ -126,7 +132,7 @@ def _rows(results) -> list[tuple]:
                       if a.question.expect == "equivalent"
                       else show(metric.interest, metric, signed=False))
             need = seeds_to_decide(a.question, a.spread, a.paired, family) \
-                if a.spread > 0 else None
+                if a.spread > 0 else (0 if a.spread == 0 else None)
             out.append((a.question.name, verdict, a.question.variants, need, target,
                         min(len(results.group(v).runs) for v in a.question.variants)))
         return out
@@ -137,7 +143,8 @@ def _rows(results) -> list[tuple]:
             continue
         verdict = c.verdict if c.verdict in ("better", "worse") or \
             c.verdict.startswith("equivalent") else ""
-        out.append((name, verdict, (name, results.baseline), c.seeds_for_target,
+        need = 0 if c.spread == 0 else c.seeds_for_target
+        out.append((name, verdict, (name, results.baseline), need,
                     f"{stats.TARGET * 100:g} point", c.n))
     return out
 

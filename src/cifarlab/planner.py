@@ -52,10 +52,11 @@ class Plan:
     speeds: dict  # probe.key -> Speed as a dict
     run_s: dict  # variant -> predicted seconds of one run at the chosen scale
     first_round_s: float  # predicted wall seconds of the first round
-    reserve_s: float  # kept back for starting jobs and writing the report
+    reserve_s: float  # kept back at the end for writing the report
     probe_s: float  # seconds the measuring took
     text: str  # the plan in one sentence, as printed
     second: dict = field(default_factory=dict)  # the second round, once planned
+    seeds_given: bool = False  # the first round's seeds came from --seeds (never grown)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,11 +113,15 @@ def round_seconds(run_s: dict[str, float], seeds: dict[str, int] | int, jobs: in
     return wall_seconds(order, jobs)
 
 
-def reserve_seconds(study: Study, jobs: int, report_s: float | None = None) -> float:
-    """Seconds kept back from the training: the report (as long as it last took in this
-    folder, where it was written before) and starting two rounds of job processes."""
-    report = report_s if report_s else REPORT_S + REPORT_PER_VARIANT_S * len(study.variants)
-    return report + (2 * START_S if jobs > 1 else 0.0)
+def report_seconds(study: Study, report_s: float | None = None) -> float:
+    """Seconds kept back at the end for the report (as long as it last took in this folder,
+    where it was written before)."""
+    return report_s if report_s else REPORT_S + REPORT_PER_VARIANT_S * len(study.variants)
+
+
+def start_seconds(jobs: int) -> float:
+    """Seconds two rounds spend starting their job processes (none with one job)."""
+    return 2 * START_S if jobs > 1 else 0.0
 
 
 def floors(study: Study, sizes: Sizes) -> tuple[float, float]:
