@@ -48,12 +48,14 @@ def _second_round(choices: list[dict], plan: dict) -> str:
         if c["status"] == "decides":
             parts.append(f"{name} {before} → {after} (80% power at its interest)")
         elif c["status"] == "narrows":
-            parts.append(f"{name} {before} → {after} (short of the {_need(need)} that 80% "
-                         "power needs)")
+            parts.append(f"{name} {before} → {after} (its spread asked for {_need(need)})")
         elif c["status"] == "powered":
             parts.append(f"{name} kept at {before} (already 80% power)")
+        elif c["status"] == "out of reach" and need > PRACTICAL_SEEDS:
+            parts.append(f"{name} kept at {before} (its spread asked for {_need(need)})")
         elif c["status"] == "out of reach":
-            parts.append(f"{name} kept at {before} (needs {_need(need)}: did not fit)")
+            parts.append(f"{name} kept at {before} (its spread asked for {_need(need)}, more "
+                         "than the time left)")
         else:
             parts.append(f"{name} kept at {before} (no spread to plan from)")
     return (f"Second round, from the first round's spread about each claim's boundary (never "

@@ -229,7 +229,7 @@ def describe(study: Study, sizes: Sizes, seeds: int, first_s: float, budget: str
             f"{seeds} seed{'s' if seeds > 1 else ''} of {len(cfgs)} variants on {on} for "
             f"{for_}{scale}; about {minutes(first_s)} here")
     rest = budget_s - first_s
-    if seeds >= FIRST and rest > 0:
+    if seeds >= FIRST and rest > 0.05 * budget_s:  # a few seconds buy no seed
         return text + (f", then about {minutes(rest)} for more seeds where they can decide, "
                        "report included.")
     if seeds < FIRST:
