@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import report, verdicts
+from . import report
 from .results import Results, collect_study
 from .runner import run_study as train_study
 from .study import Scale, prepare, slug
@@ -33,7 +33,7 @@ class StudyOutcome:
     @property
     def text(self) -> str:
         """The report's answer and tables as `cifarlab study` prints them."""
-        return verdicts.terminal_text(self.results)
+        return report.terminal_text(self.results)
 
 
 def run_study(study: str = "quick", out: str | Path | None = None, *,

@@ -104,6 +104,8 @@ EXAMPLES = {
              "  cifarlab study quick --data ../shared/data/cifar10-jpeg --jobs 2 --out runs/quick\n"
              "  cifarlab study seed --data ../shared/data/cifar10-jpeg --seeds 5 --fraction 0.1 "
              "--max-epochs 10 --jobs 2 --out runs/seed-small\n"
+             "  cifarlab study quick --budget 15m --data ../shared/data/cifar10-jpeg --jobs 2 "
+             "--out runs/quick-15m\n"
              "  cifarlab study my-study.toml --out runs/mine\n"
              "  cifarlab study my-study.toml --executor ray --address head-node:6379",
     "report": "example:\n  cifarlab report runs/quick",
@@ -246,19 +248,21 @@ def cmd_study(args) -> int:
         return 0
     if not args.study:
         raise CifarlabError("name a study file or a built-in study (see `cifarlab study --list`)")
-    st = studies.prepare(args.study, {"data": args.data, "device": args.device,
-                                      "precision": args.precision},
-                         studies.Scale(args.seeds, args.epochs_scale, args.fraction,
-                                       args.max_epochs))
+    written = studies.prepare(args.study, {"data": args.data, "device": args.device,
+                                           "precision": args.precision})
+    given = studies.Scale(args.seeds, 1.0 if args.epochs_scale is None else args.epochs_scale,
+                          args.fraction, args.max_epochs)
+    st = studies.apply_scale(written, given)
     if args.print:
         print(studies.to_toml(st), end="")
         return 0
-    st.command = ["cifarlab", *args.argv]
-    from . import report, verdicts
+    st.command = written.command = ["cifarlab", *args.argv]
+    from . import report
     from . import results as readback
     from .runner import run_study
     out = Path(args.out or f"runs/study-{studies.slug(st.name)}")
     started = time.perf_counter()
+    outcome = None
     try:
         ray = None
         if args.executor == "ray":
@@ -266,16 +270,27 @@ def cmd_study(args) -> int:
             ray = RayOptions(args.address, args.cpus_per_task, args.gpus_per_task, args.retries)
         elif args.address:
             raise CifarlabError("--address is for --executor ray; add --executor ray or drop it")
-        failed = run_study(st, out, jobs=args.jobs, ray=ray)
+        if args.budget is not None:
+            outcome = _budgeted(args, written, given, out)
+            failed = outcome.failed
+        else:
+            failed = run_study(st, out, jobs=args.jobs, ray=ray)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train.Interrupted carries it)
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))
+    writing = time.perf_counter()
     results = readback.collect_study(out, equivalence=args.equivalence)
     html_path, md_path = report.write(results, out)
-    print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
-          f"and {md_path}")
-    print(verdicts.terminal_text(results))
+    if outcome is not None:
+        from . import study_budget
+        study_budget.finish(outcome, time.perf_counter() - writing)
+        print(f"\nStudy finished {study_budget.elapsed_text(outcome)}. Report: {html_path} "
+              f"and {md_path}")
+    else:
+        print(f"\nStudy finished in {time.perf_counter() - started:.0f} s. Report: {html_path} "
+              f"and {md_path}")
+    print(report.terminal_text(results))
     if failed:
         print(f"cifarlab: {len(failed)} run(s) failed: {', '.join(t.key for t in failed)}; "
               "re-run the same command to retry them", file=sys.stderr)
@@ -283,22 +298,35 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _budgeted(args, study, given, out: Path):
+    """`cifarlab study --budget`: plan for this machine, then train in two rounds."""
+    from . import study_budget
+    from .config import parse_budget
+    parse_budget(args.budget)  # a bad duration is refused before anything is measured
+    if args.executor == "ray":
+        raise CifarlabError("--budget plans the study for this machine's own jobs; drop "
+                            "--executor ray, or drop --budget and give --seeds yourself")
+    if args.jobs < 1:
+        raise CifarlabError(f"--jobs must be at least 1, got {args.jobs}")
+    return study_budget.run(study, out, args.budget, args.jobs, given, args.seeds is not None)
+
+
 def cmd_report(args) -> int:
-    from . import report, verdicts
+    from . import report
     from . import results as readback
     results = readback.collect_study(args.dir, equivalence=args.equivalence)
     html_path, md_path = report.write(results, args.dir)
-    print(verdicts.terminal_text(results))
+    print(report.terminal_text(results))
     print(f"\nWrote {html_path} and {md_path}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from . import report, verdicts
+    from . import report
     from . import results as readback
     results = readback.collect_runs(args.runs)
     results.equivalence = args.equivalence
-    print(verdicts.terminal_text(results))
+    print(report.terminal_text(results))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         html_path, md_path = report.write(results, args.out)
@@ -402,7 +430,13 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    help="every run's precision, recorded with the study so that a resumed "
                         "study never mixes two (default: each run's own, auto)")
     p.add_argument("--seeds", type=_typed(int), metavar="N", help="use N seeds")
-    p.add_argument("--epochs-scale", type=_typed(float), default=1.0, metavar="X",
+    p.add_argument("--budget", metavar="TIME",
+                   help="plan the whole study, report included, for TIME on this machine "
+                   "(e.g. 45s, 15m, 2h): a probe of each network picks the scale and the "
+                   "first round's seeds; the rest of the time buys more seeds for the "
+                   "questions they can still decide (--seeds, --fraction, --max-epochs "
+                   "given with it are kept)")
+    p.add_argument("--epochs-scale", type=_typed(float), metavar="X",
                    help="multiply every variant's epochs by X")
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",
                    help="multiply every variant's training fraction by F")

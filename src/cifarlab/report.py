@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures, rundir, scorecard
+from . import budget_report, figures, rundir, scorecard
 from .errors import CifarlabError
 from .results import METRICS, Group, Results, confusion_of, most_confused_pairs, sweeps
 from .verdicts import (
@@ -48,6 +48,22 @@ def misclassified_gallery(g: Group, count: int | None = 24) -> list[dict]:
                     "predicted": data.classes[ev.predictions[i]],
                     "confidence": float(ev.probabilities[i, ev.predictions[i]])})
     return out
+
+
+def terminal_text(results: Results) -> str:
+    rows = table_rows(results)
+    return scorecard_text(results) + budget_report.text(results) + \
+        "\n".join(answer(results, rows)) + "\n\n" + variant_table(results, rows) + "\n\n" + \
+        comparison_table(results, rows)
+
+
+def scorecard_text(results: Results) -> str:
+    """The scorecard as Markdown, led by its one-line summary ('' without questions)."""
+    if not results.questions:
+        return ""
+    answers = results.answers()
+    return "Scorecard. " + scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers) + \
+        "\n\n"
 
 
 # --------------------------------------------------------------------------- writing
@@ -108,6 +124,8 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
         answers = results.answers()
         parts += ["## Scorecard", "", scorecard.summary(answers), "",
                   scorecard.markdown(answers), "", scorecard.NOTE, ""]
+    if results.budget:
+        parts += budget_report.markdown(results).split("\n")[:-1]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
@@ -235,6 +253,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
                    + [m for _, m in METRICS])
     cmp_head = "".join(f"<th>{e(h)}</th>" for h in COMPARISON_HEAD)
     said = "".join(f"<li>{e(line)}</li>" for line in answer(results, table))
+    lead = _html_scorecard(results) + budget_report.html(results)  # '' for a plain study
     settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in _settings_rows(results))
     banner = ""
@@ -261,7 +280,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
 {_STYLE}{_SCORECARD_STYLE if results.questions else ""}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
-{_html_scorecard(results)}<h2>What this study says</h2><ul class="answer">{said}</ul>
+{lead}<h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>
 <p class="note">{e(STAT_NOTE)} Click a column heading to sort.</p>

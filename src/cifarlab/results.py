@@ -97,6 +97,7 @@ class Results:
     command: list[str] = field(default_factory=list)  # the study's command line, if known
     equivalence: float | None = None  # smallest difference of interest, for TOST
     questions: list = field(default_factory=list)  # the study's declared questions
+    budget: dict | None = None  # a budgeted study's plan and spending (budget_report.py)
 
     def answers(self) -> list[scorecard.Answer]:
         """The scorecard: each declared question answered from the finished runs."""
@@ -131,13 +132,14 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
     from .study import slug
     groups, unfinished = [], []
     for v in study["variants"]:
+        seeds = v.get("seeds") or study["seeds"]  # a budget's second round: its own seeds
         g = Group(v["name"], swept=v.get("swept", {}), group=v.get("group", ""),
                   same_as=v.get("same_as"), effective=v.get("effective") or {},
-                  expected=len(study["seeds"]))
+                  expected=len(seeds))
         groups.append(g)
         if g.same_as:
             continue  # filled from its twin below
-        for seed in study["seeds"]:
+        for seed in seeds:
             path = out / "runs" / slug(v["name"]) / f"seed-{seed}"
             run = _read_run(path)
             if run is None:
@@ -156,7 +158,7 @@ def collect_study(out: str | Path, equivalence: float | None = None) -> Results:
                                 [g.name for g in groups], f"{out / 'study.json'}")
     return Results(f"Study {study['name']}", groups, study["baseline"], settings,
                    study.get("scale_text", ""), unfinished, study.get("command") or [],
-                   equivalence, questions)
+                   equivalence, questions, study.get("budget"))
 
 
 def _question_table(q: dict) -> dict:

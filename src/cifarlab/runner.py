@@ -77,14 +77,33 @@ def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
                     "another --out for the changed study")
 
 
+class Pace:
+    """What a time budget asks of the executors (budget.py has the real one): the order of
+    the runs, whether a run may still start, and each run's start and end. This one admits
+    everything in the study's order."""
+
+    def order(self, tasks: list[Task]) -> list[Task]:
+        return tasks
+
+    def admit(self, task: Task) -> bool:
+        return True
+
+    def started(self, task: Task) -> None:
+        pass
+
+    def finished(self, task: Task, ok: bool) -> None:
+        pass
+
+
 def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True,
-              ray=None, live: bool | None = None) -> list[Task]:
+              ray=None, live: bool | None = None, pace: Pace | None = None) -> list[Task]:
     """Train every unfinished run of `study` under `out`; return the tasks that failed.
 
     With `ray` (ray_runner.RayOptions) the runs are Ray tasks on a Ray cluster instead of
     `jobs` local processes; the study folder is the same either way. `live`: a progress bar
     over the study's epochs (default: when standard output is a terminal), else a line per
-    finished run."""
+    finished run. With `pace` (local processes only) a run starts only when the pace admits
+    it; one it turns away is neither trained nor failed."""
     out = Path(out)
     if jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
@@ -101,7 +120,7 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
         raise CifarlabError(f"cannot create the study folder {out} ({e.strerror}); choose a "
                             "writable --out") from None
     with rundir.lock(out), _terminate_as_interrupt():  # a second study process is refused
-        return _run_locked(study, out, jobs, verbose, tasks, ray, live)
+        return _run_locked(study, out, jobs, verbose, tasks, ray, live, pace or Pace())
 
 
 @contextlib.contextmanager
@@ -138,12 +157,13 @@ def failure_text(path: Path, error: Exception) -> str:
 
 
 def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[Task],
-                ray=None, live: bool | None = None) -> list[Task]:
+                ray=None, live: bool | None = None, pace: Pace | None = None) -> list[Task]:
     """Hand the unfinished runs to an executor: a function (todo, progress) -> failed tasks
     that trains each task into its folder. Three exist: one at a time in this process,
     `jobs` local processes, and Ray tasks (ray_runner.run)."""
     rundir.write_json(out / "study.json", study.to_dict())
-    todo = [t for t in tasks if not rundir.is_finished(t.path)]
+    pace = pace or Pace()
+    todo = pace.order([t for t in tasks if not rundir.is_finished(t.path)])
     for t in todo:
         t.resume = rundir.prepare_unfinished(t.path)
     live = sys.stdout.isatty() if live is None else live
@@ -161,26 +181,32 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     for source in {t.cfg.data for t in todo}:
         load_cifar10(source, progress=verbose)
     if jobs == 1:
-        return _run_here(todo, progress)
-    return _run_parallel(todo, jobs, progress)
+        return _run_here(todo, progress, pace)
+    return _run_parallel(todo, jobs, progress, pace)
 
 
-def _run_here(todo: list[Task], progress: StudyProgress) -> list[Task]:
+def _run_here(todo: list[Task], progress: StudyProgress, pace: Pace) -> list[Task]:
     """The executor for --jobs 1: each run in this process, one after the other."""
     failed = []
     for t in todo:
+        if not pace.admit(t):
+            continue
         progress.start(t.key)
+        pace.started(t)
         try:
             result = train_run(t.cfg, t.path, verbose=False, labels=t.labels, resume=t.resume,
                                on_epoch_end=lambda row, t=t: progress.epoch(
                                    t.key, row["epoch"], t.cfg.epochs))
             progress.finish(t.key, result.metrics)
+            pace.finished(t, True)
         except CifarlabError as e:
             failed.append(t)
             progress.fail(t.key, str(e))
+            pace.finished(t, False)
         except Exception as e:  # a bug or a resource error: reported, the others go on
             failed.append(t)
             progress.fail(t.key, failure_text(t.path, e))
+            pace.finished(t, False)
     return failed
 
 
@@ -239,9 +265,11 @@ def _worker_run(key: str, cfg_dict: dict, path: str, labels: dict, resume: bool)
     return result.metrics
 
 
-def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[Task]:
+def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress,
+                  pace: Pace) -> list[Task]:
     """The executor for --jobs N: N spawned job processes, each with its share of the CPUs
-    (or one GPU each)."""
+    (or one GPU each). A run is handed to the pool only when a job is free for it, so the
+    pace decides on each run when it can start."""
     import torch
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     queue = ctx.Queue()
@@ -256,12 +284,23 @@ def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[
                           f"GPU k mod {gpus}); if a GPU runs out of memory, use fewer --jobs")
     threads = cpu_threads(jobs)
     failed: list[Task] = []
+    waiting = list(todo)
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, queue, devices)) as pool:
-        futures = {pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path), t.labels,
-                               t.resume): t for t in todo}
-        pending = set(futures)
+        futures: dict = {}
+        pending: set = set()
+
+        def submit() -> None:
+            while waiting and len(pending) < jobs:
+                t = waiting.pop(0)
+                if pace.admit(t):
+                    pace.started(t)
+                    f = pool.submit(_worker_run, t.key, t.cfg.to_dict(), str(t.path),
+                                    t.labels, t.resume)
+                    futures[f] = t
+                    pending.add(f)
         try:
+            submit()
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 drain(queue, progress)
@@ -272,9 +311,12 @@ def _run_parallel(todo: list[Task], jobs: int, progress: StudyProgress) -> list[
                         if metrics is None:  # the job was stopped by a signal
                             raise KeyboardInterrupt
                         progress.finish(t.key, metrics)
+                        pace.finished(t, True)
                     except CifarlabError as e:
                         failed.append(t)
                         progress.fail(t.key, str(e))
+                        pace.finished(t, False)
+                submit()
         except KeyboardInterrupt:
             _stop_workers(pool, pending)
             raise

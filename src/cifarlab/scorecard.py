@@ -172,6 +172,16 @@ def _verdict(a: Answer) -> None:
     a.verdict = "supported" if lo < a.estimate < hi else "contradicted"
 
 
+def seeds_to_decide(q: Question, spread: float, paired: bool, family: int) -> int | None:
+    """Seeds (per variant) that decide `q` at 80% power given `spread`: a true difference
+    the metric's interest away from the claim's boundary, at the strictest Holm threshold
+    of `family` questions; an equivalence claim needs both one-sided tests at 90% power.
+    None without a spread or beyond stats.MAX_SEEDS."""
+    if q.expect == "equivalent":
+        return stats.seeds_needed(spread, True, q.margin, 2 * stats.ALPHA / family, power=0.9)
+    return stats.seeds_needed(spread, paired, METRICS[q.metric].interest, stats.ALPHA / family)
+
+
 def _what_decides(a: Answer, family: int, scaled: bool) -> str:
     """Seeds that would decide an undecided question, from the observed spread (never from
     the observed difference): a true difference the metric's interest away from the
@@ -179,12 +189,10 @@ def _what_decides(a: Answer, family: int, scaled: bool) -> str:
     if not a.spread > 0 or a.n < 2:
         return ""
     metric = METRICS[a.question.metric]
-    if a.question.expect == "equivalent":  # both one-sided tests at alpha: 90% power each
-        need = stats.seeds_needed(a.spread, True, a.question.margin,
-                                  2 * stats.ALPHA / family, power=0.9)
+    need = seeds_to_decide(a.question, a.spread, a.paired, family)
+    if a.question.expect == "equivalent":
         target = f"equivalence within ±{show(a.question.margin, metric, signed=False)}"
     else:
-        need = stats.seeds_needed(a.spread, a.paired, metric.interest, stats.ALPHA / family)
         target = f"a difference of {show(metric.interest, metric, signed=False)}"
     scale = ("run the study at full scale (more data and epochs lower the seed noise)"
              if scaled else "more data or epochs per run (lower seed noise)")

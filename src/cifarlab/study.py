@@ -97,6 +97,10 @@ class Study:
     scale: Scale = field(default_factory=Scale)
     command: list[str] = field(default_factory=list)  # the command line that ran it, if any
     questions: list[Question] = field(default_factory=list)  # what the study asks (scorecard)
+    # Variants trained on other seeds than `seeds` (a budget's second round gives more seeds
+    # to the variants of the questions they can decide): variant name -> its seeds
+    variant_seeds: dict[str, list[int]] = field(default_factory=dict)
+    budget: dict | None = None  # a budgeted study's plan and what it spent (budget.py)
 
     def config(self, variant: Variant, seed: int) -> RunConfig:
         """The resolved settings of one run, with the scale knobs applied so that the
@@ -130,22 +134,33 @@ class Study:
                 first[key] = v.name
         return out
 
+    def seeds_of(self, name: str) -> list[int]:
+        """The seeds of variant `name` (a twin's are those of the variant it repeats)."""
+        return self.variant_seeds.get(self.twins().get(name, name), self.seeds)
+
     def runs(self) -> list[tuple[Variant, int]]:
         """Every (variant, seed) to train: a twin variant (see `twins`) has none of its own."""
         twins = self.twins()
-        return [(v, s) for v in self.variants if v.name not in twins for s in self.seeds]
+        return [(v, s) for v in self.variants if v.name not in twins
+                for s in self.variant_seeds.get(v.name, self.seeds)]
 
     def to_dict(self) -> dict:
         twins = self.twins()
-        return {"name": self.name, "description": self.description, "seeds": self.seeds,
-                "baseline": self.baseline, "source": self.source,
-                "scale": dataclasses.asdict(self.scale), "scale_text": self.scale.describe(),
-                "command": self.command, "defaults": _plain(self.defaults),
-                "questions": [q.to_dict() for q in self.questions],
-                "variants": [{"name": v.name, "settings": _plain(v.settings), "swept": v.swept,
-                              "group": v.group, "same_as": twins.get(v.name),
-                              "effective": _effective(self.config(v, 0))}
-                             for v in self.variants]}
+        out = {"name": self.name, "description": self.description, "seeds": self.seeds,
+               "baseline": self.baseline, "source": self.source,
+               "scale": dataclasses.asdict(self.scale), "scale_text": self.scale.describe(),
+               "command": self.command, "defaults": _plain(self.defaults),
+               "questions": [q.to_dict() for q in self.questions],
+               "variants": [{"name": v.name, "settings": _plain(v.settings), "swept": v.swept,
+                             "group": v.group, "same_as": twins.get(v.name),
+                             "effective": _effective(self.config(v, 0))}
+                            for v in self.variants]}
+        if self.variant_seeds:  # only then: a study without them is recorded as before
+            for v in out["variants"]:
+                v["seeds"] = self.seeds_of(v["name"])
+        if self.budget is not None:
+            out["budget"] = self.budget
+        return out
 
 
 def with_seeds(command: list[str], seeds: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from . import scorecard, stats
+from . import stats
 from .results import CHANCE, FULL_DATA, METRICS, PRACTICAL_SEEDS, Group, Results
 from .width import is_widest
 
@@ -295,21 +295,6 @@ def _dashed(filters: tuple) -> str:
 def _preset_filters(model: str | None) -> tuple | None:
     from .models import PRESETS  # the network library, only for a budget study's note
     return tuple(PRESETS[model][1].filters) if model in PRESETS else None
-
-
-def terminal_text(results: Results) -> str:
-    rows = table_rows(results)
-    return scorecard_text(results) + "\n".join(answer(results, rows)) + "\n\n" + \
-        variant_table(results, rows) + "\n\n" + comparison_table(results, rows)
-
-
-def scorecard_text(results: Results) -> str:
-    """The scorecard as Markdown, led by its one-line summary ('' without questions)."""
-    if not results.questions:
-        return ""
-    answers = results.answers()
-    return "Scorecard. " + scorecard.summary(answers) + "\n\n" + scorecard.markdown(answers) + \
-        "\n\n"
 
 
 STAT_NOTE = ("Each cell: mean ± sample standard deviation [95% Student-t interval of the mean] "
