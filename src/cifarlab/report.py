@@ -520,7 +520,7 @@ def _preset_filters(model: str | None) -> tuple | None:
 
 def terminal_text(results: Results) -> str:
     rows = table_rows(results)
-    return scorecard_text(results) + budget_report.text(results) + \
+    return scorecard_text(results) + budget_report.text(results, comparisons) + \
         "\n".join(answer(results, rows)) + "\n\n" + \
         variant_table(results, rows) + "\n\n" + comparison_table(results, rows)
 
@@ -784,7 +784,7 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
     if results.questions:
         parts += ["## Scorecard", "", scorecard.NOTE, "", scorecard_text(results).rstrip(), ""]
     if results.budget:
-        parts += budget_report.markdown(results).split("\n")[:-1]
+        parts += budget_report.markdown(results, comparisons).split("\n")[:-1]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
@@ -959,7 +959,7 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
 {_STYLE}</style></head><body>
 <h1>{e(results.title)}</h1>
 {banner}
-{_html_scorecard(results)}{budget_report.html(results)}
+{_html_scorecard(results)}{budget_report.html(results, comparisons)}
 <h2>What this study says</h2><ul class="answer">{said}</ul>
 <h2>Settings</h2><table>{settings}</table>
 <h2>Results</h2>
