@@ -236,7 +236,7 @@ def test_reports_of_studies_without_a_budget_are_unchanged(data_dir, tmp_path, m
     with_section = (terminal_text(results), report.write(results, tmp_path / "plain"))
     md, page = ((tmp_path / "plain" / n).read_bytes() for n in ("report.md", "report.html"))
     for name in ("text", "markdown", "html"):
-        monkeypatch.setattr(budget_report, name, lambda results: "")
+        monkeypatch.setattr(budget_report, name, lambda results, compare=None: "")
     assert terminal_text(results) == with_section[0]
     report.write(results, tmp_path / "plain")
     assert (tmp_path / "plain" / "report.md").read_bytes() == md

@@ -14,8 +14,9 @@ from .scorecard import PRACTICAL_SEEDS, seeds_to_decide
 TITLE = "What the budget bought"
 
 
-def lines(results) -> list[str]:
-    """The section's sentences ([] for a study without a budget)."""
+def lines(results, compare=None) -> list[str]:
+    """The section's sentences ([] for a study without a budget). `compare`: the report's
+    comparisons with the baseline (report.comparisons), for a study without questions."""
     record = getattr(results, "budget", None)
     if not record:
         return []
@@ -37,7 +38,7 @@ def lines(results) -> list[str]:
     elif plan.get("first", stats.MIN_SEEDS) < stats.MIN_SEEDS:
         out.append(f"No second round: {plan.get('first')} first-round seed(s) give no verdict, "
                    "so there was no spread to plan more seeds from.")
-    out += _decided(results, plan, second)
+    out += _decided(results, plan, second, compare)
     return out
 
 
@@ -67,9 +68,9 @@ def _need(n: int) -> str:
     return f"more than {PRACTICAL_SEEDS} seeds" if n > PRACTICAL_SEEDS else f"{n} seeds"
 
 
-def _decided(results, plan: dict, second: dict) -> list[str]:
+def _decided(results, plan: dict, second: dict, compare) -> list[str]:
     """What was decided, what was not, and the time that would decide the rest here."""
-    rows = _rows(results)
+    rows = _rows(results, compare)
     if not rows:
         return []
     done = [f"{name} ({verdict})" for name, verdict, *_ in rows if verdict]
@@ -120,7 +121,7 @@ def _origin(results, name: str) -> str:
     return results.origin(name)
 
 
-def _rows(results) -> list[tuple]:
+def _rows(results, compare) -> list[tuple]:
     """(name, verdict or '', variants, seeds that would decide it, its target in words,
     seeds it has) per question, or per comparison with the baseline for a study without
     questions."""
@@ -139,9 +140,8 @@ def _rows(results) -> list[tuple]:
             out.append((a.question.name, verdict, a.question.variants, need, target,
                         min(len(results.group(v).runs) for v in a.question.variants)))
         return out
-    from .verdicts import comparisons
     out = []
-    for name, c in comparisons(results).items():
+    for name, c in (compare(results) if compare else {}).items():
         if c is None or c.test == "no runs":
             continue
         verdict = c.verdict if c.verdict in ("better", "worse") or \
@@ -167,23 +167,24 @@ def _with_budget(command: list[str], budget: str) -> str:
     return " ".join(out + ["--budget", budget])
 
 
-def markdown(results) -> str:
+def markdown(results, compare=None) -> str:
     """The section in Markdown ('' without a budget)."""
-    got = lines(results)
+    got = lines(results, compare)
     if not got:
         return ""
     return f"## {TITLE}\n\n" + "\n".join(f"- {line}" for line in got) + "\n\n"
 
 
-def text(results) -> str:
+def text(results, compare=None) -> str:
     """The section for the terminal ('' without a budget)."""
-    got = lines(results)
+    got = lines(results, compare)
     return (f"{TITLE}:\n" + "\n".join(f"- {line}" for line in got) + "\n\n") if got else ""
 
 
-def html(results) -> str:
+def html(results, compare=None) -> str:
+    """The section in HTML ('' without a budget)."""
     import html as h
-    got = lines(results)
+    got = lines(results, compare)
     if not got:
         return ""
     items = "".join(f"<li>{h.escape(line)}</li>" for line in got)

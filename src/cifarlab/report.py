@@ -22,6 +22,7 @@ from .verdicts import (
     answer,
     comparison_cells,
     comparison_table,
+    comparisons,
     digits,
     table_rows,
     variant_table,
@@ -52,7 +53,7 @@ def misclassified_gallery(g: Group, count: int | None = 24) -> list[dict]:
 
 def terminal_text(results: Results) -> str:
     rows = table_rows(results)
-    return scorecard_text(results) + budget_report.text(results) + \
+    return scorecard_text(results) + budget_report.text(results, comparisons) + \
         "\n".join(answer(results, rows)) + "\n\n" + variant_table(results, rows) + "\n\n" + \
         comparison_table(results, rows)
 
@@ -125,7 +126,7 @@ def _markdown(results, images, names, best, gallery, gallery_note, confused) -> 
         parts += ["## Scorecard", "", scorecard.summary(answers), "",
                   scorecard.markdown(answers), "", scorecard.NOTE, ""]
     if results.budget:
-        parts += budget_report.markdown(results).split("\n")[:-1]
+        parts += budget_report.markdown(results, comparisons).split("\n")[:-1]
     parts += ["## What this study says", ""] + [f"- {line}" for line in answer(results, rows)]
     parts += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in _settings_rows(results)]
@@ -253,7 +254,8 @@ def _html(results, images, best, gallery, gallery_note, confused) -> str:
                    + [m for _, m in METRICS])
     cmp_head = "".join(f"<th>{e(h)}</th>" for h in COMPARISON_HEAD)
     said = "".join(f"<li>{e(line)}</li>" for line in answer(results, table))
-    lead = _html_scorecard(results) + budget_report.html(results)  # '' for a plain study
+    # '' for a study without questions or budget
+    lead = _html_scorecard(results) + budget_report.html(results, comparisons)
     settings = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
                        for k, v in _settings_rows(results))
     banner = ""
