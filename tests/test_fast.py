@@ -184,7 +184,7 @@ def test_half_size_epochs_are_validated_at_half_size_and_never_chosen_as_best(
 
 
 def test_learning_curves_shade_the_half_size_epochs_and_only_them():
-    from cifarlab.plots import curves_figure
+    from cifarlab.figures import run_curves as curves_figure
     row = dict(loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5, lr=0.1, epoch_time_s=1)
     history = [{**row, "epoch": e, "image_size": size}
                for e, size in zip(range(1, 6), (16, 16, 32, 32, 32))]

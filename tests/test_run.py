@@ -65,10 +65,13 @@ def test_run_folder_holds_every_file_with_consistent_contents(dataset, tmp_path)
     assert metrics["status"] == "finished" and metrics["epochs_run"] == 4
     # Learning happened: the synthetic classes are easy, chance is 0.1.
     assert metrics["test_accuracy"] > 0.6
-    best = metrics["best_epoch"]
+    # One definition with the report's: the best epoch has the highest validation accuracy,
+    # the over-fitting gap is that of the kept weights' epoch (the last, without early stopping)
+    best, kept = metrics["best_epoch"], metrics["weights_epoch"]
     assert metrics["best_val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    assert float(rows[best - 1]["val_accuracy"]) == metrics["best_val_accuracy"] and kept == 4
     assert metrics["overfit_gap"] == pytest.approx(
-        float(rows[best - 1]["accuracy"]) - float(rows[best - 1]["val_accuracy"]), abs=1e-5)
+        float(rows[kept - 1]["accuracy"]) - float(rows[kept - 1]["val_accuracy"]), abs=1e-5)
     assert metrics["train_time_s"] == pytest.approx(
         sum(r["epoch_time_s"] for r in result.fit.history))
     # the validation passes' share of that time, so training alone can be told apart
@@ -200,3 +203,30 @@ def test_a_run_leaves_the_callers_random_generators_as_they_were(dataset, tmp_pa
     train_run(small(epochs=1, dropout=0.5), tmp_path / "run", data=dataset, verbose=False)
     assert torch.equal(torch.rand(3), expected[0])
     assert (random.random(), np.random.rand()) == expected[1:]
+
+
+def test_metrics_json_and_the_report_read_a_run_by_one_definition():
+    # Early stopping on val_loss kept epoch 2 (its lowest loss) while epoch 3 had the highest
+    # validation accuracy: metrics.json's best epoch, best validation accuracy and gap are the
+    # report's (highest accuracy; gap at the kept epoch), not the monitor's epoch.
+    from types import SimpleNamespace
+
+    from cifarlab.results import Run
+    from cifarlab.run import summarize
+    history = [{"epoch": e, "loss": 1.0, "accuracy": a, "val_loss": vl, "val_accuracy": va,
+                "lr": 1e-3, "image_size": 32, "epoch_time_s": 1.0}
+               for e, a, vl, va in ((1, 0.40, 1.5, 0.35), (2, 0.55, 1.1, 0.50),
+                                    (3, 0.70, 1.2, 0.53), (4, 0.80, 1.4, 0.52))]
+    stopper = SimpleNamespace(monitor="val_loss", stopped_epoch=4, best_epoch=2)
+    result = SimpleNamespace(stopper=stopper, history=history, weights_epoch=2, restored=True,
+                             planned_epochs=10, planned_steps=40, half_size_share=0.0,
+                             step_seconds=None, train_time_s=4.0, validation_s=1.0,
+                             compile_s=0.0)
+    ev = SimpleNamespace(accuracy=0.5, loss=1.1, classes=("a", "b"),
+                         most_confused=lambda k: [], report_dict=lambda: {})
+    metrics = summarize(RunConfig(), result, ev, torch.device("cpu"))
+    values = Run("r", 0, {}, metrics, history).values
+    assert metrics["best_epoch"] == values["best_epoch"] == 3
+    assert metrics["best_val_accuracy"] == values["best_val_accuracy"] == 0.53
+    assert metrics["overfit_gap"] == pytest.approx(values["overfit_gap"]) == pytest.approx(0.05)
+    assert metrics["weights_epoch"] == 2 and metrics["lowest_val_loss"] == 1.1
