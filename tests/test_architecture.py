@@ -56,7 +56,7 @@ TRAINING_FLOORS = [("precision",), ("evaluate", "optim"), ("budget",), ("width",
 # The many-runs half: the one-run modules never import it.
 MANY_RUNS = {"study", "builtin_studies", "questions", "runner", "ray_runner", "probe",
              "planner", "pilot", "study_budget", "budget_report", "stats", "scorecard",
-             "results", "verdicts", "report", "api", "cli"}
+             "results", "verdicts", "report", "api", "cli", "cli_help"}
 
 
 def test_the_training_modules_import_only_those_on_lower_floors():
