@@ -65,7 +65,7 @@ def _curves(ax, group, key, color, label=True, **kw):
 
 def _per_seed(ax, groups, metric, scale=1.0):
     """Each group's values per seed as dots, the mean as a bar, seeds joined across groups."""
-    values = [scorecard.values_of(g, metric) for g in groups]
+    values = [g.values(metric) for g in groups]
     seeds = sorted(set().union(*values))
     for s in seeds:
         ax.plot([i for i, v in enumerate(values) if s in v],

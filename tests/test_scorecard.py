@@ -247,3 +247,17 @@ def test_a_question_naming_a_missing_variant_is_refused_before_training(tmp_path
     err = capsys.readouterr().err
     assert "variant 'wider' is not in the study" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_an_interval_wider_than_the_metric_allows_is_cut_and_marked():
+    # Three wildly different seeds: the t interval of an accuracy difference reaches past
+    # ±100 points, which two accuracies cannot differ by; it is cut there and marked *.
+    wild = {"baseline": [0.1, 0.9, 0.1], "worse": [0.9, 0.1, 0.9]}
+    [a] = scorecard.answer_all(ask({"claim": "c", "metric": "test_accuracy",
+                                    "compare": ["worse", "baseline"], "expect": "lower"}),
+                               groups(**wild))
+    d = np.array(wild["worse"]) - np.array(wild["baseline"])
+    raw = st.ttest_1samp(d, 0).confidence_interval(0.95)
+    assert raw.low < -1 and raw.high > 1
+    assert (a.ci_low, a.ci_high, a.clipped) == (-1.0, 1.0, True)
+    assert scorecard.cells(a)[2] == "+26.7 [-100.0, +100.0]* points"

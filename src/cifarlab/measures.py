@@ -3,6 +3,7 @@ console summary, the report's tables and a study's questions all take them from 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .rundir import half_size
@@ -16,20 +17,25 @@ class Metric:
     label: str
     unit: str  # "points" (a share shown x100), "epochs" or "s"
     interest: float  # the smallest difference worth deciding, for "what would decide it"
+    bounds: tuple[float, float] = (-math.inf, math.inf)  # the values a run can have
 
 
 # The run-level numbers; `measure` computes each from a run's history and metrics.
 METRICS = {m.name: m for m in (
-    Metric("test_accuracy", "test accuracy", "points", 0.01),
-    Metric("best_val_accuracy", "best validation accuracy", "points", 0.01),
-    Metric("overfit_gap", "over-fitting gap at the kept epoch", "points", 0.01),
-    Metric("final_gap", "over-fitting gap at the last epoch", "points", 0.01),
-    Metric("gap_growth", "growth of the gap after the lowest validation loss", "points", 0.01),
-    Metric("best_epoch", "epoch of the highest validation accuracy", "epochs", 1.0),
-    Metric("lowest_val_loss_epoch", "epoch of the lowest validation loss", "epochs", 1.0),
-    Metric("val_loss_rise", "validation loss at the end minus its lowest", "loss", 0.05),
-    Metric("epochs_run", "epochs run", "epochs", 1.0),
-    Metric("train_time_s", "training time", "s", 10.0),
+    Metric("test_accuracy", "test accuracy", "points", 0.01, (0.0, 1.0)),
+    Metric("best_val_accuracy", "best validation accuracy", "points", 0.01, (0.0, 1.0)),
+    Metric("overfit_gap", "over-fitting gap at the kept epoch", "points", 0.01, (-1.0, 1.0)),
+    Metric("final_gap", "over-fitting gap at the last epoch", "points", 0.01, (-1.0, 1.0)),
+    Metric("gap_growth", "growth of the gap after the lowest validation loss", "points", 0.01,
+           (-2.0, 2.0)),
+    Metric("best_epoch", "epoch of the highest validation accuracy", "epochs", 1.0,
+           (1.0, math.inf)),
+    Metric("lowest_val_loss_epoch", "epoch of the lowest validation loss", "epochs", 1.0,
+           (1.0, math.inf)),
+    Metric("val_loss_rise", "validation loss at the end minus its lowest", "loss", 0.05,
+           (0.0, math.inf)),
+    Metric("epochs_run", "epochs run", "epochs", 1.0, (1.0, math.inf)),
+    Metric("train_time_s", "training time", "s", 10.0, (0.0, math.inf)),
 )}
 
 

@@ -23,7 +23,6 @@ METRICS = (("test_accuracy", "test accuracy"), ("best_val_accuracy", "best val a
 BOUNDS = {"test_accuracy": (0.0, 1.0), "best_val_accuracy": (0.0, 1.0),
           "overfit_gap": (-1.0, 1.0), "train_time_s": (0.0, math.inf)}
 FULL_DATA = 45_000  # training images of CIFAR-10 after the default validation split
-PRACTICAL_SEEDS = 30  # above this, growing the study is not the way to decide
 CHANCE = 0.2  # mean test accuracy below this (10 classes: chance 0.1) is "near chance"
 
 
@@ -55,8 +54,9 @@ class Group:
     expected: int = 0  # runs the study plans for it (its seeds), 0 when not from a study
 
     def values(self, metric: str) -> dict:
-        return {r.seed: r.values[metric] for r in self.runs
-                if r.values.get(metric) is not None}
+        """{seed: the metric} over the finished runs that give it (measures.measure)."""
+        found = {r.seed: measure(r.history, r.metrics, metric) for r in self.runs}
+        return {seed: v for seed, v in found.items() if v is not None and not math.isnan(v)}
 
     def summary(self, metric: str) -> stats.Summary:
         bounds = BOUNDS.get(metric, (1.0, self.max_epochs()) if metric in (

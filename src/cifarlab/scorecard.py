@@ -25,10 +25,10 @@ import numpy as np
 from scipy import stats as st
 
 from . import stats
-from .measures import METRICS, measure
+from .measures import METRICS
 from .questions import Question, number, show, unit_name
 
-PRACTICAL_SEEDS = 30  # above this, more seeds are not the way to decide
+PRACTICAL_SEEDS = stats.PRACTICAL_SEEDS
 
 
 @dataclass
@@ -44,24 +44,15 @@ class Answer:
     n: int = 0
     spread: float = math.nan  # sd of the paired differences (or pooled sd)
     paired: bool = True
+    clipped: bool = False  # the interval left the difference's possible range and was cut
     why: str = ""  # why a question is not (yet) decided, in words
     decide: str = ""  # what would decide an undecided one
 
 
-def values_of(group, metric: str) -> dict[int, float]:
-    """{seed: metric} over a report group's finished runs."""
-    out = {}
-    for run in group.runs:
-        v = measure(run.history, run.metrics, metric)
-        if v is not None and not math.isnan(v):
-            out[run.seed] = v
-    return out
-
-
 def answer_all(questions: list[Question], groups: dict, scaled: bool = False
                ) -> list[Answer]:
-    """Answer every question from `groups` ({variant name: report group, each with .runs,
-    .same_as and .expected}); `scaled` says the study was scaled down, so more scale is one
+    """Answer every question from `groups` ({variant name: results.Group: its .values(metric),
+    .runs, .same_as and .expected}); `scaled` says the study was scaled down, so more scale is one
     way to decide."""
     answers = [_answer(q, groups) for q in questions]
     live = [a for a in answers if not math.isnan(a.p_value)]
@@ -88,7 +79,7 @@ def _answer(q: Question, groups: dict) -> Answer:
             return Answer(q, "not yet answered",
                           why=f"{len(g.runs)} of {g.expected} runs of {name} have finished; "
                               "it is answered once all have, never from fewer seeds")
-    sides = [values_of(groups[v], q.metric) for v in q.variants]
+    sides = [groups[v].values(q.metric) for v in q.variants]
     if len(sides) == 1:
         return _one_sample(q, np.array(list(sides[0].values()), float) - q.than)
     a, b = sides
@@ -111,8 +102,7 @@ def _one_sample(q: Question, d: np.ndarray, paired: bool = False) -> Answer:
                                              f"({show(ans.estimate, METRICS[q.metric])}): no "
                                              "spread, so no test is possible")
         return ans
-    ci = st.ttest_1samp(d, 0.0).confidence_interval(1 - stats.ALPHA)
-    ans.ci_low, ans.ci_high = float(ci.low), float(ci.high)
+    _interval(ans, st.ttest_1samp(d, 0.0).confidence_interval(1 - stats.ALPHA))
 
     def p_at(bound: float, alternative: str) -> float:
         return float(st.ttest_1samp(d, bound, alternative=alternative).pvalue)
@@ -131,14 +121,23 @@ def _welch(q: Question, a: np.ndarray, b: np.ndarray) -> Answer:
     if ans.spread == 0:
         ans.verdict, ans.why = "undecided", "neither variant varies over seeds: no test"
         return ans
-    ci = st.ttest_ind(a, b, equal_var=False).confidence_interval(1 - stats.ALPHA)
-    ans.ci_low, ans.ci_high = float(ci.low), float(ci.high)
+    _interval(ans, st.ttest_ind(a, b, equal_var=False).confidence_interval(1 - stats.ALPHA))
 
     def p_at(bound: float, alternative: str) -> float:
         return float(st.ttest_ind(a - bound, b, equal_var=False,
                                   alternative=alternative).pvalue)
     _test(ans, p_at)
     return ans
+
+
+def _interval(ans: Answer, ci) -> None:
+    """The 95% interval of the difference, cut to the differences the metric allows (two
+    accuracies differ by at most 100 points) and marked when cut."""
+    low, high = METRICS[ans.question.metric].bounds
+    q = ans.question
+    lo, hi = (low - high, high - low) if len(q.variants) == 2 else (low - q.than, high - q.than)
+    ans.clipped = ci.low < lo or ci.high > hi
+    ans.ci_low, ans.ci_high = float(max(ci.low, lo)), float(min(ci.high, hi))
 
 
 def _test(ans: Answer, p_at) -> None:
@@ -216,7 +215,8 @@ def cells(a: Answer) -> list[str]:
     metric = METRICS[a.question.metric]
     est = "" if math.isnan(a.estimate) else number(a.estimate, metric)
     if not math.isnan(a.ci_low):
-        est += f" [{number(a.ci_low, metric)}, {number(a.ci_high, metric)}]"
+        est += f" [{number(a.ci_low, metric)}, {number(a.ci_high, metric)}]" + \
+            ("*" if a.clipped else "")
     if est:
         est = f"{est} {unit_name(metric)}".rstrip()
     p = "" if math.isnan(a.p_value) else _p(a.p_value)
@@ -251,7 +251,8 @@ def summary(answers: list[Answer]) -> str:
 
 NOTE = ("Each question is a claim the study declares. Estimate: the mean difference (first "
         "variant minus second, paired by seed; or the variant's value minus the stated one) "
-        "with its 95% interval. A claim with one boundary is tested two-sided against it; "
+        "with its 95% interval (marked * where it left the differences the metric allows and "
+        "was cut to them). A claim with one boundary is tested two-sided against it; "
         "'equivalent' by two one-sided tests (TOST). The p-values of all answered questions "
         "are adjusted together (Holm); supported or contradicted needs an adjusted p below "
         "0.05 and 3 or more seeds, else the question is undecided. A question whose variants "

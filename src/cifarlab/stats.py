@@ -34,6 +34,7 @@ ROBUST_FROM = 10  # median and interquartile mean from this many seeds on
 POWER = 0.8
 TARGET = 0.01  # the difference the seeds-needed estimate is for: 1 point of accuracy
 MAX_SEEDS = 1000  # above this a seeds-needed estimate is reported as "more than"
+PRACTICAL_SEEDS = 30  # above this, growing a study is not the way to decide
 
 
 @dataclass

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 from . import stats
-from .results import CHANCE, FULL_DATA, METRICS, PRACTICAL_SEEDS, Group, Results
+from .results import CHANCE, FULL_DATA, METRICS, Group, Results
+from .stats import PRACTICAL_SEEDS
 from .width import is_widest
 
 
