@@ -50,7 +50,7 @@ def test_the_notebook_runs_the_study_and_shows_its_results(tmp_path, monkeypatch
     assert all(len(rundir.read_history(r / "history.csv")) == 2 for r in runs)  # 2 epochs
     assert (out / "report.html").is_file()
     for variant in ("part1-simple", "part2-deep", "part3-es-val_loss", "part4-batchnorm",
-                    "part5-batchnorm fraction=0.02"):
+                    "part5-batchnorm fraction=0.004"):
         assert f"| {variant} |" in found[0]
     assert "fewer than 3 seeds" in found[0]
     assert curves[1] == 2  # validation curves, part 5's accuracy against its data share

@@ -56,8 +56,9 @@ def test_allocate_powered_decidable_cheapest_first_and_out_of_reach():
     assert by["powered"].status == "powered" and now["a"] == 3
     assert by["cheap"].status == "decides" and (now["c"], now["base"]) == (6, 6)
     # 40 s left: "dear" needs 90 s more (the baseline is paid for), so it waits; the 40 s go
-    # to the questions out of reach, nearest first: "dear" (needs 6) one seed of b (30 s),
-    # then "far" (needs 31) one seed of d (10 s, the baseline's 4th seed is there)
+    # to the questions out of reach in turns, cheapest first among equals: "far" one seed
+    # of d (10 s, the baseline's 4th seed is there), then "dear", which has had nothing, one
+    # seed of b (30 s)
     assert by["dear"].status == "narrows" and now["b"] == 4 and by["dear"].after == 4
     assert by["far"].status == "narrows" and now["d"] == 4
     assert sum((now[v] - seeds[v]) * run_s[v] for v in seeds) == 100.0
@@ -113,8 +114,31 @@ def test_the_sample_spread_would_not_keep_that_promise():
 
 def test_power_at_a_true_2_point_difference_is_what_the_plan_predicts():
     questions, means, sds, run_s = _comparisons(2, 0.008, effect=0.02)
-    out = sim.simulate(questions, means, sds, run_s, 2 * sum(run_s.values()) * 3,
+    out = sim.simulate(questions, means, sds, run_s, sum(run_s.values()) * 3,
                        studies=2000, effect=0.02)
     empirical, predicted = out.right[:, 0].mean(), np.nanmean(out.predicted[:, 0])
     assert 0.3 < empirical < 0.9  # a regime where the plan matters
     assert abs(empirical - predicted) < 0.05
+
+
+def test_what_is_left_goes_round_the_questions_out_of_reach_in_turns():
+    # Two questions out of reach share nothing; the rest of the budget buys seeds in turns,
+    # so the noisier-looking one is not starved by the one nearer its need.
+    seeds = {"base": 3, "x": 3, "y": 3, "z": 3}
+    run_s = {"base": 10.0, "x": 10.0, "y": 10.0, "z": 10.0}
+    demands = [pilot.Demand("near", ("x", "base"), 0.02, 20),
+               pilot.Demand("far", ("y", "z"), 0.09, 31)]
+    now, choices = pilot.allocate(demands, seeds, run_s, capacity_s=80.0)
+    # near: base + x = 20 s a seed; far: y + z = 20 s a seed; 80 s = two each
+    assert (now["x"], now["base"], now["y"], now["z"]) == (5, 5, 5, 5)
+    assert [c.status for c in choices] == ["narrows", "narrows"]
+
+
+def test_in_turns_a_question_with_cheap_runs_gets_more_seeds_for_the_same_time():
+    seeds = {"base": 3, "cheap": 3, "dear": 3, "other": 3}
+    run_s = {"base": 5.0, "cheap": 5.0, "dear": 20.0, "other": 20.0}
+    demands = [pilot.Demand("cheap", ("cheap", "base"), 0.02, 31),
+               pilot.Demand("dear", ("dear", "other"), 0.02, 31)]
+    now, _ = pilot.allocate(demands, seeds, run_s, capacity_s=160.0)
+    # each has had 80 s: 8 seeds of 10 s against 2 seeds of 40 s
+    assert (now["cheap"], now["base"], now["dear"], now["other"]) == (11, 11, 5, 5)

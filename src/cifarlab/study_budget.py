@@ -385,7 +385,7 @@ def _second_round(first: Study, out: Path, plan: planner.Plan, jobs: int, ledger
         c.after = n
         interest = q.margin if q.expect == "equivalent" else \
             scorecard.METRICS[q.metric].interest
-        c.power = float(pilot.predicted_power(interest, spread, df, n, stats.ALPHA / family)) \
+        c.power = float(pilot.predicted_power(interest, spread, n, stats.ALPHA / family)) \
             if df and spread > 0 else math.nan
     return {"seeds": seeds, "capacity_s": round(capacity, 1), "ratio": round(ratio, 3),
             "family": family, "choices": [c.to_dict() for c in choices]}
