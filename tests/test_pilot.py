@@ -121,24 +121,19 @@ def test_power_at_a_true_2_point_difference_is_what_the_plan_predicts():
     assert abs(empirical - predicted) < 0.05
 
 
-def test_what_is_left_goes_round_the_questions_out_of_reach_in_turns():
-    # Two questions out of reach share nothing; the rest of the budget buys seeds in turns,
-    # so the noisier-looking one is not starved by the one nearer its need.
-    seeds = {"base": 3, "x": 3, "y": 3, "z": 3}
-    run_s = {"base": 10.0, "x": 10.0, "y": 10.0, "z": 10.0}
+@pytest.mark.parametrize("costs,capacity,expected", [
+    # equal costs: 80 s buys each question two seeds of 20 s, so the noisier-looking one is
+    # not starved by the one nearer its need
+    ((10.0, 10.0, 10.0, 10.0), 80.0, (5, 5, 5, 5)),
+    # cheap runs: each question has had 80 s, 8 seeds of 10 s against 2 seeds of 40 s
+    ((5.0, 5.0, 20.0, 20.0), 160.0, (11, 11, 5, 5)),
+])
+def test_what_is_left_goes_round_the_questions_out_of_reach_in_turns(costs, capacity,
+                                                                      expected):
+    names = ("base", "x", "y", "z")
     demands = [pilot.Demand("near", ("x", "base"), 0.02, 20),
                pilot.Demand("far", ("y", "z"), 0.09, 31)]
-    now, choices = pilot.allocate(demands, seeds, run_s, capacity_s=80.0)
-    # near: base + x = 20 s a seed; far: y + z = 20 s a seed; 80 s = two each
-    assert (now["x"], now["base"], now["y"], now["z"]) == (5, 5, 5, 5)
+    now, choices = pilot.allocate(demands, dict.fromkeys(names, 3), dict(zip(names, costs)),
+                                  capacity_s=capacity)
+    assert tuple(now[v] for v in ("x", "base", "y", "z")) == expected
     assert [c.status for c in choices] == ["narrows", "narrows"]
-
-
-def test_in_turns_a_question_with_cheap_runs_gets_more_seeds_for_the_same_time():
-    seeds = {"base": 3, "cheap": 3, "dear": 3, "other": 3}
-    run_s = {"base": 5.0, "cheap": 5.0, "dear": 20.0, "other": 20.0}
-    demands = [pilot.Demand("cheap", ("cheap", "base"), 0.02, 31),
-               pilot.Demand("dear", ("dear", "other"), 0.02, 31)]
-    now, _ = pilot.allocate(demands, seeds, run_s, capacity_s=160.0)
-    # each has had 80 s: 8 seeds of 10 s against 2 seeds of 40 s
-    assert (now["cheap"], now["base"], now["dear"], now["other"]) == (11, 11, 5, 5)
