@@ -5,6 +5,14 @@ three studies of one factor each (depth, regularisation, data size)."""
 from __future__ import annotations
 
 
+def _ask(name: str, metric: str, variants, expect: str, claim: str,
+         margin: float | None = None) -> dict:
+    """One [[question]] table: `variants` a name (one variant against `than`) or a pair."""
+    q = {"name": name, "claim": claim, "metric": metric,
+         "variant" if isinstance(variants, str) else "compare": variants, "expect": expect}
+    return q if margin is None else {**q, "margin": margin}
+
+
 def original_questions(smaller: str, smallest: str, everything: str, share: str,
                        least: str) -> list[dict]:
     """The original report's five conclusions (docs/original-study.md) as questions, for a
@@ -12,44 +20,34 @@ def original_questions(smaller: str, smallest: str, everything: str, share: str,
     (`share` and `least` say in words what part of the data `smaller` and `smallest` use)."""
     simple, deep = "part1-simple", "part2-deep"
     es_acc, es_loss, bn = "part3-es-val_accuracy", "part3-es-val_loss", "part4-batchnorm"
-    questions = [
-        {"name": "1 simple over-fits", "metric": "gap_growth", "variant": simple,
-         "expect": "higher",
-         "claim": "Trained to the end, the simple network over-fits: after its validation loss "
-                  "bottoms out, the train/validation accuracy gap keeps widening"},
-        {"name": "2 deeper is no better", "metric": "test_accuracy", "compare": [deep, simple],
-         "expect": "not higher", "margin": 0.01,
-         "claim": "The deeper network is no better than the simple one (not by a point)"},
-        {"name": "3 early stopping stops before over-fitting", "metric": "overfit_gap",
-         "compare": [es_acc, simple], "expect": "lower",
-         "claim": "Early stopping on validation accuracy keeps an epoch with a smaller "
-                  "train/validation gap than training to the end"},
-        {"name": "3 early stopping costs no accuracy", "metric": "test_accuracy",
-         "compare": [es_acc, simple], "expect": "not lower", "margin": 0.01,
-         "claim": "Early stopping on validation accuracy loses no test accuracy (not a point)"},
-        {"name": "3 stopping on val loss costs no accuracy", "metric": "test_accuracy",
-         "compare": [es_loss, simple], "expect": "not lower", "margin": 0.01,
-         "claim": "Early stopping on validation loss loses no test accuracy (not a point)"},
-        {"name": "4 batch norm: smaller gap than simple", "metric": "overfit_gap",
-         "compare": [bn, simple], "expect": "lower",
-         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
-                  "simple network"},
-        {"name": "4 batch norm: smaller gap than deep", "metric": "overfit_gap",
-         "compare": [bn, deep], "expect": "lower",
-         "claim": "Batch norm and dropout give a smaller train/validation gap than the "
-                  "deeper network"},
-        {"name": "5 less data, similar accuracy", "metric": "test_accuracy",
-         "compare": [smaller, everything], "expect": "equivalent", "margin": 0.02,
-         "claim": f"Trained on {share} of the images, the batch-norm network reaches similar "
-                  "test accuracy (within 2 points)"},
-        {"name": "5 less data, less time", "metric": "train_time_s",
-         "compare": [smaller, everything], "expect": "lower",
-         "claim": f"Trained on {share} of the images, it takes less time"},
-        {"name": "5 too little data costs accuracy", "metric": "test_accuracy",
-         "compare": [smallest, everything], "expect": "lower", "margin": 0.02,
-         "claim": f"Trained on {least} of the images, it loses more than 2 points"},
+    gap = "train/validation gap"
+    return [
+        _ask("1 simple over-fits", "gap_growth", simple, "higher",
+             "Trained to the end, the simple network over-fits: after its validation loss "
+             "bottoms out, the train/validation accuracy gap keeps widening"),
+        _ask("2 deeper is no better", "test_accuracy", [deep, simple], "not higher",
+             "The deeper network is no better than the simple one (not by a point)", 0.01),
+        _ask("3 early stopping stops before over-fitting", "overfit_gap", [es_acc, simple],
+             "lower", f"Early stopping on validation accuracy keeps an epoch with a smaller "
+             f"{gap} than training to the end"),
+        _ask("3 early stopping costs no accuracy", "test_accuracy", [es_acc, simple],
+             "not lower",
+             "Early stopping on validation accuracy loses no test accuracy (not a point)", 0.01),
+        _ask("3 stopping on val loss costs no accuracy", "test_accuracy", [es_loss, simple],
+             "not lower",
+             "Early stopping on validation loss loses no test accuracy (not a point)", 0.01),
+        _ask("4 batch norm: smaller gap than simple", "overfit_gap", [bn, simple], "lower",
+             f"Batch norm and dropout give a smaller {gap} than the simple network"),
+        _ask("4 batch norm: smaller gap than deep", "overfit_gap", [bn, deep], "lower",
+             f"Batch norm and dropout give a smaller {gap} than the deeper network"),
+        _ask("5 less data, similar accuracy", "test_accuracy", [smaller, everything],
+             "equivalent", f"Trained on {share} of the images, the batch-norm network "
+             "reaches similar test accuracy (within 2 points)", 0.02),
+        _ask("5 less data, less time", "train_time_s", [smaller, everything], "lower",
+             f"Trained on {share} of the images, it takes less time"),
+        _ask("5 too little data costs accuracy", "test_accuracy", [smallest, everything],
+             "lower", f"Trained on {least} of the images, it loses more than 2 points", 0.02),
     ]
-    return [{"name": q.pop("name"), "claim": q.pop("claim"), **q} for q in questions]
 
 
 BUILTINS: dict[str, dict] = {
