@@ -102,7 +102,7 @@ def simulate(questions: list[Question], means: dict, sd: dict, run_s: dict[str, 
     for j, q in enumerate(questions):  # the plan's power at `effect`, as the CLI records it
         same = [k for k, o in enumerate(questions) if o.metric == q.metric]
         var = np.mean([diffs[k][:, :first].var(axis=1, ddof=1) for k in same], axis=0)
-        predicted[:, j] = pilot.predicted_power(effect, np.sqrt(var), seeds[:, j],
+        predicted[:, j] = pilot.power(effect, np.sqrt(var), seeds[:, j],
                                                 ALPHA / family)
     p = np.empty_like(seeds, dtype=float)
     est = np.empty_like(p)

@@ -171,11 +171,12 @@ def allocate(demands: list[Demand], seeds: dict[str, int], run_s: dict[str, floa
     open_ = [d for d in demands if have(d) < min(d.need, cap) and d.need > 0]
     while open_:
         d = min(open_, key=lambda d: (spent[d.name], cost(d, have(d) + 1), d.name))
-        if cost(d, have(d) + 1) > left:
+        price = cost(d, have(d) + 1)
+        if price > left:
             open_.remove(d)
             continue
-        spent[d.name] += cost(d, have(d) + 1)
-        left -= cost(d, have(d) + 1)
+        spent[d.name] += price
+        left -= price
         grow(d, have(d) + 1)
         open_ = [d for d in open_ if have(d) < min(d.need, cap)]
     choices = []
@@ -204,11 +205,3 @@ def pooled_spread(pilots: list[np.ndarray]) -> tuple[float, int]:
     if not df:
         return math.nan, 0
     return float(np.sqrt(sum(d.var(ddof=1) * (len(d) - 1) for d in usable) / df)), df
-
-
-def predicted_power(diff: float, spread, n, alpha: float) -> np.ndarray:
-    """The chance that `n` seeds detect a true difference `diff`, at the pooled pilot spread
-    (pooled_spread): with the seeds shared out in turns this is what the simulated studies
-    reach (tests/test_pilot.py); averaging over the spreads a 3-seed estimate leaves
-    plausible under-predicted it by 10 points there."""
-    return power(diff, spread, n, alpha)

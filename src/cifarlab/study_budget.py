@@ -379,13 +379,15 @@ def _second_round(first: Study, out: Path, plan: planner.Plan, jobs: int, ledger
     for q in questions:
         by_metric.setdefault(q.metric, []).append(
             pilot.differences(q, values.get(q.metric, {}), first.seeds))
-    for c, q in zip(choices, questions):  # what the plan promises, for the report
+    # What the plan promises, for the report: the power at the pooled pilot spread, which is
+    # what simulated studies reach with seeds shared in turns (tests/test_pilot.py).
+    for c, q in zip(choices, questions):
         spread, df = pilot.pooled_spread(by_metric[q.metric])
         n = min(seeds[v] for v in q.variants)
         c.after = n
         interest = q.margin if q.expect == "equivalent" else \
             scorecard.METRICS[q.metric].interest
-        c.power = float(pilot.predicted_power(interest, spread, n, stats.ALPHA / family)) \
+        c.power = float(pilot.power(interest, spread, n, stats.ALPHA / family)) \
             if df and spread > 0 else math.nan
     return {"seeds": seeds, "capacity_s": round(capacity, 1), "ratio": round(ratio, 3),
             "family": family, "choices": [c.to_dict() for c in choices]}
