@@ -251,3 +251,27 @@ def test_the_gallery_shows_the_runs_own_mistakes_with_its_test_time_views(tmp_pa
     assert without != Counter(off)  # the flips matter here, so the test can tell
     mistakes = misclassified_gallery(Group("v", [read_run(tmp_path / "run")]), count=None)
     assert Counter((m["true"], m["predicted"]) for m in mistakes) == Counter(off)
+
+
+def test_a_run_that_ended_near_chance_is_named_even_when_its_variant_is_not():
+    # An early stop in the first flat epochs leaves a run at 0.10: the variant's mean (0.29)
+    # hides it, so the report names the run; a variant near chance as a whole is said once.
+    from pathlib import Path
+
+    from cifarlab.results import Group, Results, Run
+    from cifarlab.verdicts import answer
+
+    def run(seed, acc, kept):
+        return Run(Path("r"), seed, {"settings": {"model": "simple"}},
+                   {"test_accuracy": acc, "weights_epoch": kept},
+                   [{"epoch": 1, "loss": 2.3, "accuracy": 0.1, "val_loss": 2.3,
+                     "val_accuracy": 0.1}])
+    groups = [Group("base", [run(s, 0.38, 12) for s in range(3)]),
+              Group("es", [run(0, 0.10, 1), run(1, 0.39, 12), run(2, 0.37, 9)]),
+              Group("lost", [run(s, 0.11, 1) for s in range(3)])]
+    text = answer(Results("t", groups, "base", {}))
+    assert [t for t in text if "ended near chance" in t] == [
+        "es: seed 0 (0.10, kept epoch 1) ended near chance (0.10 is guessing) and counts in "
+        "its figures: that run never learnt (early stopping can end a run in its first flat "
+        "epochs)."]
+    assert sum("lost" in t and "chance" in t for t in text) == 1

@@ -168,12 +168,22 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
         if twin:
             out.append(f"{g.name} is the {twin} (identical settings at this scale): it is "
                        "trained once and not compared with itself.")
+    warned = set()
     for row in rows:
         s = row["test_accuracy"]
         if s.n and s.mean < CHANCE:
+            warned.add(row["variant"])
             out.append(f"{row['variant']} is near chance (test accuracy {s.mean:.2f}; 0.10 "
                        "is guessing): at this scale it has not learnt, so its comparisons "
                        "say little.")
+    for g in results.groups:
+        stuck = [r for r in g.runs if r.metrics.get("test_accuracy", 1.0) < CHANCE]
+        if stuck and g.name not in warned:
+            runs = ", ".join(f"seed {r.seed} ({r.metrics['test_accuracy']:.2f}, kept epoch "
+                             f"{r.metrics.get('weights_epoch', '?')})" for r in stuck)
+            out.append(f"{g.name}: {runs} ended near chance (0.10 is guessing) and counts in "
+                       "its figures: that run never learnt (early stopping can end a run in "
+                       "its first flat epochs).")
     return out + _warnings(results)
 
 
