@@ -346,8 +346,14 @@ def test_scaling_epochs_scales_early_stopping_patience_and_warm_up():
     assert cfg["part3-es-val_accuracy"].early_stopping == "val_accuracy:2"
     assert cfg["part3-es-val_loss"].early_stopping == "val_loss:2"
     assert cfg["part1-simple"].early_stopping is None and cfg["part1-simple"].epochs == 10
+    # 2 of 50 epochs would be a patience of 0.4: it stays 2, since a patience of 1 stops on
+    # one noisy validation reading; a patience written as 1 stays 1
     tiny = apply_scale(s, Scale(max_epochs=2))
-    assert tiny.config(tiny.variants[2], 0).early_stopping == "val_accuracy:1"  # never 0
+    assert tiny.config(tiny.variants[2], 0).early_stopping == "val_accuracy:2"
+    one = parse({"name": "o", "variant": [{"name": "a", "epochs": 20,
+                                           "early_stopping": "val_loss:1"}]}, "o")
+    one = apply_scale(one, Scale(epochs_scale=0.5))
+    assert one.config(one.variants[0], 0).early_stopping == "val_loss:1"
     warm = parse({"name": "w", "variant": [{"name": "a", "epochs": 20, "start_from_epoch": 4,
                                             "early_stopping": "val_loss:6"}]}, "w")
     warm = apply_scale(warm, Scale(epochs_scale=0.5))
@@ -363,7 +369,7 @@ def test_variants_the_scale_makes_identical_are_one_run():
     recorded = {v["name"]: v for v in s.to_dict()["variants"]}
     assert recorded["part5-batchnorm fraction=1"]["same_as"] == "part4-batchnorm"
     assert recorded["part5-batchnorm fraction=0.1"]["effective"]["early_stopping"] == \
-        "val_accuracy:1"
+        "val_accuracy:2"
 
 
 def test_grow_command_replaces_the_seed_count():

@@ -48,6 +48,9 @@ from .questions import parse as parse_questions
 
 STUDY_KEYS = {"name", "description", "seeds", "baseline", "defaults", "variant", "question"}
 VARIANT_KEYS = {"name", "description", "grid"}
+# A scaled early stop waits at least 2 epochs: at 1 it stops on the first validation reading
+# that gains less than min_delta, which on a small validation set is mostly noise.
+MIN_PATIENCE = 2
 
 
 @dataclass
@@ -105,7 +108,8 @@ class Study:
     def config(self, variant: Variant, seed: int) -> RunConfig:
         """The resolved settings of one run, with the scale knobs applied so that the
         variant keeps its meaning: early stopping's patience and warm-up shrink with the
-        epochs (a patience of 10 in 50 epochs is 1 in 5), and the data fraction multiplies
+        epochs (a patience of 10 in 50 epochs is 2 in 10), never below MIN_PATIENCE
+        epochs, and the data fraction multiplies
         the variant's own (the study's data shrinks, its sweep keeps its proportions)."""
         values = {**self.defaults, **variant.settings, "seed": seed}
         cfg = RunConfig(**values)
@@ -116,7 +120,8 @@ class Study:
         changes = {"epochs": epochs, "fraction": cfg.fraction * self.scale.fraction}
         if ratio != 1 and cfg.early_stopping:
             metric, patience = parse_spec(cfg.early_stopping)
-            changes["early_stopping"] = f"{metric}:{max(1, round(patience * ratio))}"
+            floor = min(patience, MIN_PATIENCE)
+            changes["early_stopping"] = f"{metric}:{max(floor, round(patience * ratio))}"
             changes["start_from_epoch"] = round(cfg.start_from_epoch * ratio)
         return dataclasses.replace(cfg, **changes)
 
