@@ -211,7 +211,11 @@ def _budgeted(args, study, given, out: Path):
                             "--executor ray, or drop --budget and give --seeds yourself")
     if args.jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {args.jobs}")
-    return study_budget.run(study, out, args.budget, args.jobs, given, args.seeds is not None)
+    # Run as a command, the process is the study's: its Python and torch imports count too.
+    # Called in a longer-lived process (a notebook, a test), the budget starts now.
+    started = study_budget.process_started() if args.own_process else None
+    return study_budget.run(study, out, args.budget, args.jobs, given, args.seeds is not None,
+                            started=started)
 
 
 def cmd_report(args) -> int:
@@ -392,12 +396,14 @@ def _add_force_unlock(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse's own exits included)."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a flag argparse could not parse
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv
+    args.own_process = from_command_line
     forced = contextlib.nullcontext()
     if getattr(args, "force_unlock", False):  # for this command and its job processes only
         from .rundir import forcing_unlock

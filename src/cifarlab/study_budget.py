@@ -148,10 +148,11 @@ def elapsed_text(outcome: Outcome) -> str:
 
 
 def run(study: Study, out: Path, budget: str, jobs: int, given: Scale, seeds_given: bool,
-        verbose: bool = True) -> Outcome:
+        verbose: bool = True, started: float | None = None) -> Outcome:
     """Plan and train `study` in `out` within `budget` (see the module's docstring). The
-    caller writes the report and then calls `finish`."""
-    started = process_started()
+    caller writes the report and then calls `finish`. `started`: when the budget's clock
+    started (time.time(); now for None)."""
+    started = time.time() if started is None else started
     budget_s = parse_budget(budget)
     out = Path(out)
     ledger = Ledger(out)
