@@ -231,7 +231,7 @@ def test_the_gallery_shows_the_runs_own_mistakes_with_its_test_time_views(tmp_pa
     from cifarlab.report import misclassified_gallery
     from cifarlab.results import Group, read_confusion
     from cifarlab.results import _read_run as read_run
-    from cifarlab.run import EVAL_BATCH, load_network, test_evaluation
+    from cifarlab.run import load_network, test_evaluation
     tiny = Tiny(per_class_train=30, per_class_test=12)
     # test images of noise, which a mirror image changes: the flips move some predictions
     tiny.test_x = np.random.default_rng(0).integers(0, 256, tiny.test_x.shape, dtype=np.uint8)
@@ -241,7 +241,7 @@ def test_the_gallery_shows_the_runs_own_mistakes_with_its_test_time_views(tmp_pa
     train_run(cfg, tmp_path / "run", verbose=False)
     _, dataset = test_evaluation(tmp_path / "run", progress=False)
     net, _ = load_network(tmp_path / "run", "cpu")
-    plain = evaluate(net, Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, "cpu",
+    plain = evaluate(net, Batches(split_dataset(dataset, 0)[2], 500, "cpu",
                                   cfg.normalize), dataset.classes, tta=0)
     matrix, classes = read_confusion(tmp_path / "run" / "confusion_matrix.csv")
     off = {(classes[t], classes[p]): int(matrix[t, p]) for t in range(len(classes))

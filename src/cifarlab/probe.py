@@ -18,18 +18,20 @@ import torch
 from torch import nn
 
 from .config import RunConfig, cpu_threads
+from .evaluate import eval_batch
 from .optim import make_optimizer
 from .precision import autocast, resolve_device, run_precision
-from .run import EVAL_BATCH, build_network
+from .run import build_network
 
 SECONDS = 1.2  # of training steps timed per network: long enough to average out a hiccup
 WARM_UP = 3  # untimed steps first: the first allocations and kernel choices are slow
+EVAL_IMAGES = 512  # images evaluated for the timing: a few batches, as a run evaluates them
 
 
 @dataclass
 class Speed:
     step_s: float  # one training step on a full batch
-    eval_image_s: float  # one image evaluated (in batches of EVAL_BATCH, no gradients)
+    eval_image_s: float  # one image evaluated (in batches as runs evaluate, no gradients)
 
 
 def key(cfg: RunConfig) -> str:
@@ -95,12 +97,14 @@ def _time(cfg: RunConfig, seconds: float) -> Speed:
         done += 1
     step_s = (time.perf_counter() - t0) / done
     net.eval()
-    images = _batch(EVAL_BATCH, gen, device)
+    size = eval_batch(device)
+    images = _batch(max(EVAL_IMAGES, size), gen, device)
     with torch.no_grad(), autocast(device, dtype):
-        net(images)
+        net(images[:size])
         t0 = time.perf_counter()
-        net(images)
-    return Speed(step_s, (time.perf_counter() - t0) / EVAL_BATCH)
+        for part in images.split(size):
+            net(part)
+    return Speed(step_s, (time.perf_counter() - t0) / len(images))
 
 
 def _batch(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -26,14 +26,13 @@ from .budget import BudgetTooShort
 from .config import RunConfig
 from .data import Dataset, load_cifar10
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, eval_batch, evaluate
 from .loader import Batches, split_dataset
 from .measures import measure
 from .precision import prepare_model, resolve_device, run_precision
 from .train import Diverged, FitResult, Interrupted, fit, own_random_state
 from .width import choice_record, chosen_settings, describe_choice, width_for_budget
 
-EVAL_BATCH = 500  # evaluation needs no gradients, so larger batches are simply faster
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening stem
 
 
@@ -143,8 +142,8 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
     built = chosen_settings(cfg, rundir.load_run(out)["config"], Path(out) / "config.json") \
         if resume else cfg
     train_b = Batches(train, built.batch_size, device, cfg.normalize)
-    val_b = Batches(val, EVAL_BATCH, device, cfg.normalize)
-    test_b = Batches(test, EVAL_BATCH, device, cfg.normalize)
+    val_b = Batches(val, eval_batch(device), device, cfg.normalize)
+    test_b = Batches(test, eval_batch(device), device, cfg.normalize)
     net = _network(built, dataset, train_b, group, state)
     plan, measuring_s = None, 0.0
     if not resume:
@@ -474,7 +473,7 @@ def test_evaluation(run: str | Path, data: str | None = None, device: str = "aut
         raise CifarlabError(f"the data's classes ({', '.join(dataset.classes)}) differ from the "
                             f"run's ({', '.join(info['config']['classes'])}); pass the --data "
                             "the run was trained on")
-    test_b = Batches(split_dataset(dataset, 0)[2], EVAL_BATCH, device, settings.normalize)
+    test_b = Batches(split_dataset(dataset, 0)[2], eval_batch(device), device, settings.normalize)
     ev = evaluate(net, test_b, dataset.classes, tta=settings.tta, tta_share=settings.tta_share,
                   dtype=evaluation_precision(device, settings))
     return ev, dataset
