@@ -245,3 +245,29 @@ def test_reports_of_studies_without_a_budget_are_unchanged(data_dir, tmp_path, m
     report.write(results, tmp_path / "plain")
     assert (tmp_path / "plain" / "report.md").read_bytes() == md
     assert (tmp_path / "plain" / "report.html").read_bytes() == page
+
+
+def test_a_question_that_had_its_seeds_is_not_promised_to_more_time():
+    """Undecided with the seeds its spread asks for: the true difference is likely smaller
+    than the target, so no budget is named as deciding it (it once said 'about 0 s more')."""
+    from types import SimpleNamespace
+
+    from cifarlab.questions import Question
+    from cifarlab.scorecard import Answer
+    quiet = Question("less time", "less time", "train_time_s", ("half", "all"), "lower")
+    noisy = Question("accuracy", "no worse", "test_accuracy", ("half", "all"), "not lower",
+                     0.01)
+    answers = [Answer(quiet, "undecided", -2.0, p_value=0.2, n=9, spread=3.0),
+               Answer(noisy, "undecided", -0.5, p_value=0.4, n=9, spread=0.012)]
+    groups = {v: SimpleNamespace(runs=[0] * 9) for v in ("half", "all")}
+    plan = {"text": "a plan", "budget": "10m", "budget_s": 600, "jobs": 2,
+            "run_s": {"half": 10.0, "all": 20.0}}
+    results = SimpleNamespace(budget={"plan": plan, "spent_s": 590.0}, questions=[quiet, noisy],
+                              answers=lambda: answers, group=groups.__getitem__,
+                              origin=lambda v: v, command=["cifarlab", "study", "x.toml"])
+    text = "\n".join(budget_report.lines(results))
+    assert "Not decided, though it had the seeds that would show its target at 80% power: " \
+           "less time (9 seeds)" in text
+    assert "would decide less time" not in text and "about 0 s" not in text
+    assert re.search(r"about [\d.]+ minutes more here would decide accuracy at 1 point "
+                     r"\(~\d+ seeds\)", text)

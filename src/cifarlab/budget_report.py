@@ -84,8 +84,8 @@ def _decided(results, plan: dict, second: dict, compare) -> list[str]:
         return out
     run_s = {v: s * (second.get("ratio") or 1.0) for v, s in (plan.get("run_s") or {}).items()}
     jobs = max(1, int(plan.get("jobs") or 1))
-    reachable, beyond, flat, extra_total = [], [], [], {}
-    for name, _, variants, need, target, _n in open_:
+    reachable, beyond, flat, had, extra_total = [], [], [], [], {}
+    for name, _, variants, need, target, seeds in open_:
         if need == 0:
             flat.append(name)
             continue
@@ -94,6 +94,9 @@ def _decided(results, plan: dict, second: dict, compare) -> list[str]:
             continue
         have = {v: results.group(v).runs for v in variants}
         extra = {v: max(0, need - len(runs)) for v, runs in have.items()}
+        if not any(extra.values()):  # it has the seeds its spread asks for: the difference
+            had.append(f"{name} ({seeds} seeds)")  # is likely smaller than the target
+            continue
         seconds = sum(n * run_s.get(_origin(results, v), 0.0) for v, n in extra.items()) / jobs
         for v, n in extra.items():
             extra_total[_origin(results, v)] = max(extra_total.get(_origin(results, v), 0), n)
@@ -107,6 +110,10 @@ def _decided(results, plan: dict, second: dict, compare) -> list[str]:
         out.append(f"A budget of about {planner.budget_words(more)} would give them all the "
                    "seeds their spread asks for" + (f": `{command}` (finished runs are kept)."
                                                     if command else "."))
+    if had:
+        out.append(f"Not decided, though it had the seeds that would show its target at 80% "
+                   f"power: {', '.join(had)}; its true difference is likely smaller, and a "
+                   "smaller one needs more seeds or a larger scale.")
     if flat:
         out.append(f"Not decided, and no seeds would decide: {', '.join(flat)} (every seed "
                    "gave the same difference, so there is no spread to test).")
