@@ -172,14 +172,14 @@ def quick_setup(scale: float = 1.0):
                           q.expect, q.margin, q.than) for q in study.questions]
     noise = {"overfit_gap": 0.04, "gap_growth": 0.025, "train_time_s": 3.0}
     accuracy = {"part1-simple": 0.0177, "part2-deep": 0.0170, "part3-es-val_accuracy": 0.0882,
-                "part3-es-val_loss": 0.0952, "part4-batchnorm": 0.0380,
+                "part4-batchnorm": 0.0380,
                 "part5-batchnorm fraction=0.004": 0.0370,
                 "part5-batchnorm fraction=0.01": 0.0176}
     sd = {(v, q.metric): scale * (accuracy[v] if q.metric == "test_accuracy"
                                   else noise[q.metric])
           for q in questions for v in q.variants}
     run_s = {"part1-simple": 40.0, "part2-deep": 27.0, "part3-es-val_accuracy": 30.0,
-             "part3-es-val_loss": 30.0, "part4-batchnorm": 24.0,
+             "part4-batchnorm": 24.0,
              "part5-batchnorm fraction=0.004": 12.0, "part5-batchnorm fraction=0.01": 15.0}
     return questions, sd, run_s
 
