@@ -2,7 +2,11 @@
 them (model.fit on in-memory arrays). Run by benchmarks/throughput.py with the Python of a
 separate environment that has TensorFlow (see benchmarks/keras_env.sh); prints one JSON line.
 
-    .venv-keras/bin/python benchmarks/keras_networks.py simple 32 20
+    .venv-keras/bin/python benchmarks/keras_networks.py simple 32 20 [mixed_bfloat16]
+
+The optional last word is a Keras dtype policy: mixed_bfloat16 computes in bf16 and keeps
+float32 weights, Keras' own answer to cifarlab's --precision bf16 (its softmax stays float32,
+as Keras advises).
 """
 
 import json
@@ -12,6 +16,11 @@ import time
 import numpy as np
 from tensorflow import keras
 from tensorflow.keras import layers
+
+
+def output():
+    """The softmax layer, in float32 under any policy."""
+    return layers.Dense(10, activation="softmax", dtype="float32")
 
 
 def simple():
@@ -24,7 +33,7 @@ def simple():
         layers.Conv2D(128, 3, padding="same", activation="relu"),
         layers.Conv2D(128, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
         layers.Flatten(), layers.Dropout(0.2), layers.Dense(128, activation="relu"),
-        layers.Dense(10, activation="softmax")])
+        output()])
 
 
 def deep():
@@ -33,7 +42,7 @@ def deep():
         model += [layers.Conv2D(f, 3, padding="same", activation="relu"),
                   layers.MaxPooling2D(padding="same")]
     model += [layers.GlobalAveragePooling2D(), layers.Dense(128, activation="relu"),
-              layers.Dense(32, activation="relu"), layers.Dense(10, activation="softmax")]
+              layers.Dense(32, activation="relu"), output()]
     return keras.Sequential(model)
 
 
@@ -43,12 +52,13 @@ def batchnorm():
         model += [layers.Conv2D(f, 5 if i == 0 else 3, padding="same"),
                   layers.BatchNormalization(), layers.Activation("relu"), layers.MaxPooling2D()]
     model += [layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dropout(0.3),
-              layers.Dense(10, activation="softmax")]
+              output()]
     return keras.Sequential(model)
 
 
 def main():
     name, batch, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    keras.mixed_precision.set_global_policy(sys.argv[4] if len(sys.argv) > 4 else "float32")
     model = {"simple": simple, "deep": deep, "batchnorm": batchnorm}[name]()
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

@@ -8,7 +8,8 @@ GFLOP/s against this machine's float32 matmul peak measured in the same run (thi
 machine drifts by ~30% from hour to hour, so only ratios within one run mean anything).
 With --keras-python (default .venv-keras/bin/python, made by benchmarks/keras_env.sh) the
 same networks also train in Keras on TensorFlow-CPU, the original study's framework, in the
-same run, one after the other, each on all cores. Prints a table and saves
+same run, one after the other, each on all cores; where the CPU has native bf16, also under
+Keras' mixed_bfloat16 policy, beside cifarlab's own bf16. Prints a table and saves
 benchmarks/throughput.png.
 """
 
@@ -89,9 +90,11 @@ def images_per_second(preset: str, batch: int, seconds: float, dtype=None) -> fl
                 return done / (time.perf_counter() - start)
 
 
-def keras_images_per_second(python: Path, preset: str, batch: int, seconds: float) -> float:
+def keras_images_per_second(python: Path, preset: str, batch: int, seconds: float,
+                            policy: str = "float32") -> float:
+    """Keras' model.fit under a dtype policy ("float32", or "mixed_bfloat16")."""
     script = Path(__file__).with_name("keras_networks.py")
-    done = subprocess.run([str(python), str(script), preset, str(batch), str(seconds)],
+    done = subprocess.run([str(python), str(script), preset, str(batch), str(seconds), policy],
                           capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode != 0:
@@ -121,7 +124,11 @@ def main():
                 else float("nan")
             bf16 = images_per_second(preset, batch, args.seconds, torch.bfloat16) \
                 if native_bf16 else float("nan")
-            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips, bf16))
+            # Keras' mixed_bfloat16 policy: the fair fight where the CPU has native bf16
+            k_bf16 = keras_images_per_second(keras, preset, batch, args.seconds,
+                                             "mixed_bfloat16") \
+                if keras and native_bf16 else float("nan")
+            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips, bf16, k_bf16))
     peak_after = matmul_peak()
     print(f"CPU: {machine.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
@@ -134,12 +141,16 @@ def main():
           (f"; the peak moved {moved:.0%} during the run, a weak reading: run it again"
            if moved > 0.15 else "") + "\n")
     print("| network | batch | cifarlab images/s | GFLOP/s | % of matmul peak | "
-          "Keras images/s | cifarlab / Keras | bf16 images/s | bf16 / float32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for preset, batch, ips, gf, k_ips, bf16 in rows:
+          "Keras images/s | cifarlab / Keras | bf16 images/s | bf16 / float32 | "
+          "Keras mixed_bfloat16 images/s | cifarlab float32 / Keras bf16 | "
+          "cifarlab bf16 / Keras bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for preset, batch, ips, gf, k_ips, bf16, k_bf16 in rows:
         print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
               f"{_cell(k_ips, '.0f')} | {_cell(ips / k_ips, '.2f', 'x')} | "
-              f"{_cell(bf16, '.0f')} | {_cell(bf16 / ips, '.2f', 'x')} |")
+              f"{_cell(bf16, '.0f')} | {_cell(bf16 / ips, '.2f', 'x')} | "
+              f"{_cell(k_bf16, '.0f')} | {_cell(ips / k_bf16, '.2f', 'x')} | "
+              f"{_cell(bf16 / k_bf16, '.2f', 'x')} |")
     if not native_bf16:
         print("\n(bf16 columns empty: this CPU has no native bf16, where it is emulated)")
     if keras is None:
