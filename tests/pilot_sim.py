@@ -162,7 +162,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 def quick_setup(scale: float = 1.0):
     """The built-in quick study's questions, its variants' costs (seconds a run, relative to
     one another as measured) and seed noise like its runs', times `scale`: each variant's
-    test-accuracy sd as a 10-minute budgeted run of it measured over 6 seeds (1.7 to 9.5
+    test-accuracy sd as a 10-minute budgeted run of it measured over 6 seeds (1.7 to 8.8
     points; early stopping in the plateau of the first epochs makes the widest), and per
     metric 4 points for the gap at the kept epoch, 2.5 for its growth, 3 s of training time."""
     from cifarlab.study import load
