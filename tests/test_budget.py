@@ -261,7 +261,9 @@ def test_a_question_that_had_its_seeds_is_not_promised_to_more_time():
                Answer(noisy, "undecided", -0.5, p_value=0.4, n=9, spread=0.012)]
     groups = {v: SimpleNamespace(runs=[0] * 9) for v in ("half", "all")}
     plan = {"text": "a plan", "budget": "10m", "budget_s": 600, "jobs": 2,
-            "run_s": {"half": 10.0, "all": 20.0}}
+            "run_s": {"half": 10.0, "all": 20.0},
+            "second": {"choices": [{"question": "accuracy", "before": 3, "after": 9,
+                                    "need": 40, "status": "narrows"}]}}
     results = SimpleNamespace(budget={"plan": plan, "spent_s": 590.0}, questions=[quiet, noisy],
                               answers=lambda: answers, group=groups.__getitem__,
                               origin=lambda v: v, command=["cifarlab", "study", "x.toml"])
@@ -269,5 +271,7 @@ def test_a_question_that_had_its_seeds_is_not_promised_to_more_time():
     assert "Not decided, though it had the seeds that would show its target at 80% power: " \
            "less time (9 seeds)" in text
     assert "would decide less time" not in text and "about 0 s" not in text
+    # the second round's need is the pilot's, told apart from the final seeds' need below it
+    assert "accuracy 3 → 9 (its first-round spread asked for more than 30 seeds)" in text
     assert re.search(r"about [\d.]+ minutes more here would decide accuracy at 1 point "
                      r"\(~\d+ seeds\)", text)

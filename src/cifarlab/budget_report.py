@@ -47,17 +47,17 @@ def _second_round(choices: list[dict], plan: dict) -> str:
     parts = []
     for c in choices:
         name, before, after, need = c["question"], c["before"], c["after"], c["need"]
+        asked = f"its first-round spread asked for {_need(need)}"  # not the final seeds'
         if c["status"] == "decides":
             parts.append(f"{name} {before} → {after} (80% power at its interest)")
         elif c["status"] == "narrows":
-            parts.append(f"{name} {before} → {after} (its spread asked for {_need(need)})")
+            parts.append(f"{name} {before} → {after} ({asked})")
         elif c["status"] == "powered":
             parts.append(f"{name} kept at {before} (already 80% power)")
         elif c["status"] == "out of reach" and need > PRACTICAL_SEEDS:
-            parts.append(f"{name} kept at {before} (its spread asked for {_need(need)})")
+            parts.append(f"{name} kept at {before} ({asked})")
         elif c["status"] == "out of reach":
-            parts.append(f"{name} kept at {before} (its spread asked for {_need(need)}, more "
-                         "than the time left)")
+            parts.append(f"{name} kept at {before} ({asked}, more than the time left)")
         else:
             parts.append(f"{name} kept at {before} (no spread to plan from)")
     return (f"Second round, from the first round's spread about each claim's boundary (never "
