@@ -30,25 +30,12 @@ from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
 from cifarlab.optim import make_optimizer
 from cifarlab.precision import autocast, prepare_model
+from cifarlab.schedule import multiply_adds
 
 
 def train_flops_per_image(net: nn.Module) -> float:
     """Multiply-adds of one forward pass x 2 (FLOPs) x 3 (forward + two backward passes)."""
-    macs = 0
-
-    def hook(module, inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
-            macs += output.numel() * k
-        elif isinstance(module, nn.Linear):
-            macs += output.numel() * module.in_features
-    handles = [m.register_forward_hook(hook) for m in net.modules()]
-    with torch.no_grad():
-        net(torch.zeros(1, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    return 6.0 * macs
+    return 6.0 * multiply_adds(net)
 
 
 def matmul_peak(seconds: float = 3.0) -> float:

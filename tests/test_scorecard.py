@@ -224,6 +224,8 @@ def test_a_study_with_two_questions_opens_every_report_with_their_scorecard(tmp_
     out = tmp_path / "out"
     assert main(["study", str(study_file(tmp_path, data)), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "Questions close in this order: wider is better (6 runs); same time (6 runs)." \
+        in printed
     terminal = printed[printed.index("Report:"):].split("\n", 1)[1]
     assert terminal.startswith("Scorecard. The study asks 2 questions: ")
     rows = [line for line in terminal.split("\n\n")[1].splitlines()[2:]]

@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir
+from . import rundir, schedule
 from .config import RunConfig, cpu_threads
 from .errors import CifarlabError, is_out_of_memory, out_of_memory
 from .orphans import training_over, watch_parent
@@ -163,7 +163,9 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     `jobs` local processes, and Ray tasks (ray_runner.run)."""
     rundir.write_json(out / "study.json", study.to_dict())
     pace = pace or Pace()
-    todo = pace.order([t for t in tasks if not rundir.is_finished(t.path)])
+    twins = study.twins()
+    todo = pace.order(schedule.answers_first([t for t in tasks if not rundir.is_finished(t.path)],
+                                             study.questions, twins))
     for t in todo:
         t.resume = rundir.prepare_unfinished(t.path)
     live = sys.stdout.isatty() if live is None else live
@@ -173,6 +175,9 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     progress.begin(out)
     if not todo:
         return []
+    if study.questions:
+        progress.note("Questions close in this order: "
+                      + "; ".join(schedule.closing_order(todo, study.questions, twins)) + ".")
     if ray is not None:
         from . import ray_runner
         return ray_runner.run(todo, progress, ray)
