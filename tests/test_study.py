@@ -56,6 +56,18 @@ def test_scale_knobs_shrink_every_run_and_are_described():
     assert apply_scale(load("seed"), Scale(seeds=5)).seeds == [0, 1, 2, 3, 4]
 
 
+def test_more_seeds_than_written_is_the_full_study_not_a_scaled_down_one(tmp_path):
+    # The full-scale seed study runs with --seeds 5 (the file says 3): its report must not
+    # carry the "SCALED DOWN ... not the full study" banner; fewer seeds must.
+    more = apply_scale(load("seed"), Scale(seeds=5))
+    assert more.scale.is_full() and more.to_dict()["scale_text"] == \
+        "full study, as written, with 5 seeds"
+    fewer = apply_scale(load("seed"), Scale(seeds=2))
+    assert not fewer.scale.is_full() and fewer.scale.describe() == "SCALED DOWN: 2 seed(s)"
+    assert apply_scale(load("seed"), Scale(seeds=3)).scale.describe() == "full study, as written"
+    assert Scale(seeds=5).describe() == "SCALED DOWN: 5 seed(s)"  # a count it cannot compare
+
+
 def test_seed_study_reproduces_the_original_five_parts():
     s = load("seed")
     by_name = {v.name: s.config(v, 0) for v in s.variants}

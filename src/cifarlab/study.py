@@ -69,15 +69,25 @@ class Scale:
     epochs_scale: float = 1.0
     fraction: float = 1.0
     max_epochs: int | None = None
+    written_seeds: int | None = None  # the file's own seed count, where `seeds` replaced it
+
+    def fewer_seeds(self) -> bool:
+        """Fewer seeds than written (or than an unknown count): more seeds is not smaller."""
+        return self.seeds is not None and (self.written_seeds is None
+                                           or self.seeds < self.written_seeds)
 
     def is_full(self) -> bool:
-        return self == Scale()
+        """Every run and every seed the study file asks for, as written (or more seeds)."""
+        return (not self.fewer_seeds() and self.epochs_scale == 1.0 and self.fraction == 1.0
+                and self.max_epochs is None)
 
     def describe(self) -> str:
         if self.is_full():
-            return "full study, as written"
+            more = self.seeds is not None and self.seeds != self.written_seeds
+            return f"full study, as written, with {self.seeds} seeds" if more else \
+                "full study, as written"
         parts = []
-        if self.seeds is not None:
+        if self.fewer_seeds():
             parts.append(f"{self.seeds} seed(s)")
         if self.epochs_scale != 1.0:
             parts.append(f"epochs x {self.epochs_scale:g}")
@@ -332,6 +342,8 @@ def apply_scale(study: Study, scale: Scale) -> Study:
         raise CifarlabError(f"--fraction must be in (0, 1], got {scale.fraction}")
     if scale.max_epochs is not None and scale.max_epochs < 1:
         raise CifarlabError(f"--max-epochs must be at least 1, got {scale.max_epochs}")
+    if scale.seeds is not None:
+        scale = dataclasses.replace(scale, written_seeds=len(study.seeds))
     return dataclasses.replace(study, seeds=seeds, scale=scale)
 
 
