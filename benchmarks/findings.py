@@ -78,6 +78,12 @@ def _per_seed(ax, groups, metric, scale=1.0):
     ax.grid(alpha=0.3)
 
 
+def _seeds(group) -> str:
+    """'2 of 5 seeds': a figure drawn before its variant has finished says so."""
+    done = len(group.runs)
+    return f"{done} seeds" if done == group.expected else f"{done} of {group.expected} seeds"
+
+
 def figures(out: Path, g: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     simple, deep, bn = g["part1-simple"], g["part2-deep"], g["part4-batchnorm"]
@@ -87,7 +93,8 @@ def figures(out: Path, g: dict) -> None:
     a, b = fig.subplots(1, 2)
     _curves(a, simple, "accuracy", "tab:red", label=False, lw=1, alpha=0.5, ls="--")
     _curves(a, simple, "val_accuracy", "tab:blue", label=False, lw=1.2, alpha=0.7)
-    a.set(xlabel="epoch", ylabel="accuracy", title="1. simple: training (dashed) vs validation")
+    a.set(xlabel="epoch", ylabel="accuracy",
+          title=f"1. simple ({_seeds(simple)}): training (dashed) vs validation")
     _curves(b, simple, "val_loss", "tab:blue", label=False, lw=1.2, alpha=0.7)
     b.set(xlabel="epoch", ylabel="validation loss", title="its validation loss, every seed")
     for ax in (a, b):
@@ -105,7 +112,7 @@ def figures(out: Path, g: dict) -> None:
     for grp, color in ((simple, "tab:blue"), (es_acc, "tab:green"), (es_loss, "tab:orange")):
         _curves(a, grp, "val_accuracy", color, lw=1.1, alpha=0.7)
     a.set(xlabel="epoch", ylabel="validation accuracy",
-          title="3. where early stopping ends each run")
+          title=f"3. where early stopping ends each run ({_seeds(es_acc)}, {_seeds(es_loss)})")
     a.legend(fontsize=8)
     a.grid(alpha=0.3)
     _per_seed(b, [simple, es_acc, es_loss], "test_accuracy", 100)
