@@ -62,7 +62,7 @@ def run_cost(cfg: RunConfig, path) -> float:
 @functools.lru_cache(maxsize=None)
 def _multiply_adds(net_cfg: models.NetConfig) -> int:
     with torch.random.fork_rng(devices=[]):  # building draws weights: not from the caller's
-        return multiply_adds(models.build(net_cfg))
+        return multiply_adds(models.build(net_cfg), net_cfg.image_size)
 
 
 def multiply_adds(net: nn.Module, size: int = 32) -> int:
