@@ -143,6 +143,28 @@ def test_questions_that_cannot_be_answered_say_so():
     assert all(math.isnan(a.p_adjusted) for a in (twin, partial, few))
 
 
+def test_a_verdict_given_before_the_study_finishes_is_never_withdrawn_after():
+    # Two questions, the second waiting for runs: it joins Holm's family at p = 1, so the
+    # first's adjusted p is an upper bound of the one it gets when the second is answered,
+    # whatever that p-value turns out to be.
+    qs = ask({"name": "worse", "claim": "c", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "lower"},
+             {"name": "same", "claim": "c", "metric": "test_accuracy",
+              "compare": ["same", "baseline"], "expect": "higher"})
+    g = groups(**ACC)
+    g["same"].runs = g["same"].runs[:4]  # 4 of 5 finished
+    early, waiting = scorecard.answer_all(qs, g)
+    assert waiting.verdict == "not yet answered"
+    assert early.p_adjusted == pytest.approx(
+        multipletests([early.p_value, 1.0], method="holm")[1][0])
+    assert early.p_adjusted == pytest.approx(2 * early.p_value)  # not the family of one
+    for same in ([0.70, 0.71, 0.70, 0.70, 0.71], [0.99, 0.99, 0.98, 0.99, 0.99]):
+        final, answered = scorecard.answer_all(qs, groups(**{**ACC, "same": same}))
+        assert not math.isnan(answered.p_value)
+        assert final.p_adjusted <= early.p_adjusted
+    assert "and those still waiting for runs" in scorecard.summary([early, waiting])
+
+
 def test_metrics_are_read_from_the_history_by_one_definition():
     r = run(0, 0.7, gaps=(0.0, 0.02, 0.08, 0.15), val_losses=(1.3, 1.0, 1.05, 1.2))
     assert measure(r.history, r.metrics, "lowest_val_loss_epoch") == 2

@@ -4,12 +4,10 @@ Nothing here for a study run without --budget (its report stays as it was)."""
 
 from __future__ import annotations
 
-import math
-
 from . import planner, stats
 from .measures import METRICS
 from .questions import show
-from .scorecard import PRACTICAL_SEEDS, seeds_to_decide
+from .scorecard import PRACTICAL_SEEDS, family_size, seeds_to_decide
 
 TITLE = "What the budget bought"
 
@@ -134,7 +132,7 @@ def _rows(results, compare) -> list[tuple]:
     questions."""
     if results.questions:
         answers = results.answers()
-        family = max(1, sum(not math.isnan(a.p_value) for a in answers))
+        family = family_size(answers)
         out = []
         for a in answers:
             verdict = a.verdict if a.verdict in ("supported", "contradicted") else ""

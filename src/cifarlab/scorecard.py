@@ -13,7 +13,9 @@ How a claim is tested (scipy and statsmodels do the tests; see docs/usage.md):
   when the difference lies significantly outside the band on one side (both sides'
   one-sided p-values, Bonferroni-doubled); its p-value is the smaller of the two.
 - The decisive p-values of every answerable question are adjusted together with Holm's
-  method; a verdict needs an adjusted p below 5% and 3 or more seeds.
+  method, a question still waiting for runs counted at p = 1 (an unfinished study's verdicts
+  are never withdrawn when it finishes); a verdict needs an adjusted p below 5% and 3 or
+  more seeds.
 """
 
 from __future__ import annotations
@@ -56,15 +58,24 @@ def answer_all(questions: list[Question], groups: dict, scaled: bool = False
     way to decide."""
     answers = [_answer(q, groups) for q in questions]
     live = [a for a in answers if not math.isnan(a.p_value)]
-    for a, p in zip(live, stats.adjust([a.p_value for a in live])):
+    # A question still waiting for runs joins the family at p = 1: Holm's adjusted p-values
+    # only fall when another p-value falls, so a verdict given now stands once it is answered.
+    waiting = [1.0] * sum(a.verdict == "not yet answered" for a in answers)
+    for a, p in zip(live, stats.adjust([a.p_value for a in live] + waiting)):
         a.p_adjusted = p
-    family = max(1, len(live))
+    family = family_size(answers)
     for a in answers:
         if a.verdict == "":
             _verdict(a)
         if a.verdict == "undecided" and not a.decide:
             a.decide = _what_decides(a, family, scaled)
     return answers
+
+
+def family_size(answers: list[Answer]) -> int:
+    """The questions adjusted together: those answered and those still waiting for runs."""
+    return max(1, sum(not math.isnan(a.p_value) or a.verdict == "not yet answered"
+                      for a in answers))
 
 
 def _answer(q: Question, groups: dict) -> Answer:
@@ -245,8 +256,9 @@ def summary(answers: list[Answer]) -> str:
     order = ("supported", "contradicted", "undecided", "not yet answered", "cannot be answered")
     parts = [f"{counts[k]} {k}" for k in order if k in counts]
     asks = f"{len(answers)} question" + ("s" if len(answers) != 1 else "")
+    waiting = " and those still waiting for runs" if "not yet answered" in counts else ""
     return f"The study asks {asks}: {', '.join(parts)} (a verdict needs a p-value below 0.05 " \
-           "after Holm's adjustment over the questions answered)."
+           f"after Holm's adjustment over the questions answered{waiting})."
 
 
 NOTE = ("Each question is a claim the study declares. Estimate: the mean difference (first "
@@ -256,4 +268,5 @@ NOTE = ("Each question is a claim the study declares. Estimate: the mean differe
         "'equivalent' by two one-sided tests (TOST). The p-values of all answered questions "
         "are adjusted together (Holm); supported or contradicted needs an adjusted p below "
         "0.05 and 3 or more seeds, else the question is undecided. A question whose variants "
-        "have unfinished runs is not answered from fewer seeds.")
+        "have unfinished runs is not answered from fewer seeds; it counts in the adjustment "
+        "as p = 1, so no verdict given before it is answered is withdrawn after.")
