@@ -30,12 +30,11 @@ from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
 from cifarlab.optim import make_optimizer
 from cifarlab.precision import autocast, prepare_model
-from cifarlab.schedule import multiply_adds
 
 
 def train_flops_per_image(net: nn.Module) -> float:
     """Multiply-adds of one forward pass x 2 (FLOPs) x 3 (forward + two backward passes)."""
-    return 6.0 * multiply_adds(net)
+    return 6.0 * models.multiply_adds(net)
 
 
 def matmul_peak(seconds: float = 3.0) -> float:

@@ -61,7 +61,7 @@ def test_a_study_without_questions_keeps_its_own_order(tmp_path):
 def test_run_cost_counts_the_networks_multiply_adds():
     # 3x3 convolution 3 -> 4 channels on 32x32 (padding 1), then 4*32*32 -> 10
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4096, 10))
-    assert schedule.multiply_adds(net) == 4 * 32 * 32 * 27 + 4096 * 10
-    ratio = (schedule.multiply_adds(models.build(models.preset("batchnorm")))
-             / schedule.multiply_adds(models.build(models.preset("simple"))))
+    assert models.multiply_adds(net) == 4 * 32 * 32 * 27 + 4096 * 10
+    ratio = (models.multiply_adds(models.build(models.preset("batchnorm")))
+             / models.multiply_adds(models.build(models.preset("simple"))))
     assert 0.25 < ratio < 0.4

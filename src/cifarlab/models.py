@@ -313,6 +313,27 @@ def _keras_init(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def multiply_adds(net: nn.Module, size: int = 32) -> int:
+    """Multiply-adds of one forward pass on one image, convolutions and dense layers."""
+    macs = 0
+
+    def count(module, inputs, output):
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            per_output = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+            macs += output.numel() * per_output // module.groups
+        elif isinstance(module, nn.Linear):
+            macs += output.numel() * module.in_features
+    handles = [m.register_forward_hook(count) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
 def count_parameters(net: nn.Module) -> tuple[int, int]:
     """(trainable parameters, non-trainable statistics) as Keras counts them.
 

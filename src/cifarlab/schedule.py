@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
 
 from . import models, rundir
 from .config import RunConfig
@@ -62,25 +61,4 @@ def run_cost(cfg: RunConfig, path) -> float:
 @functools.lru_cache(maxsize=None)
 def _multiply_adds(net_cfg: models.NetConfig) -> int:
     with torch.random.fork_rng(devices=[]):  # building draws weights: not from the caller's
-        return multiply_adds(models.build(net_cfg), net_cfg.image_size)
-
-
-def multiply_adds(net: nn.Module, size: int = 32) -> int:
-    """Multiply-adds of one forward pass on one image, convolutions and dense layers."""
-    macs = 0
-
-    def count(module, inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            per_output = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
-            macs += output.numel() * per_output // module.groups
-        elif isinstance(module, nn.Linear):
-            macs += output.numel() * module.in_features
-    handles = [m.register_forward_hook(count) for m in net.modules()]
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return macs
+        return models.multiply_adds(models.build(net_cfg), net_cfg.image_size)
