@@ -40,16 +40,22 @@ class StudyProgress:
     line per finished run.
     """
 
-    def __init__(self, total: int, skipped: int, planned_epochs: int, live: bool,
-                 enabled: bool = True):
+    def __init__(self, total: int, skipped: int, work: dict[str, tuple[int, float]],
+                 live: bool, enabled: bool = True):
+        """`work`: each run to train -> (its epochs left, the cost of one of its epochs, in
+        any unit: schedule.epoch_cost). The time left follows the work left, not the
+        epochs: a study's epochs differ in cost ten times and more (a tenth of the data, a
+        smaller network), and the first runs' pace would say little of the rest."""
         self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
         self.done = skipped
         self.running: dict[str, str] = {}
-        self.planned = planned_epochs
-        self.epochs_done = 0
+        self.work = work
+        self.planned = sum(left for left, _ in work.values())
+        self.work_planned = sum(left * cost for left, cost in work.values())
+        self.work_done = 0.0
         self.started = time.perf_counter()
         self.bar = None
-        self._run_epochs: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # epochs each run trained in this session
 
     def begin(self, out: Path) -> None:
         if not self.enabled:
@@ -71,10 +77,10 @@ class StudyProgress:
         return self.total - self.done - len(self.running)
 
     def eta(self) -> str:
-        if not self.epochs_done:
+        if not self.work_done:
             return "unknown"
-        seconds = (time.perf_counter() - self.started) / self.epochs_done * \
-            max(0, self.planned - self.epochs_done)
+        seconds = (time.perf_counter() - self.started) / self.work_done * \
+            max(0.0, self.work_planned - self.work_done)
         return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
     def _describe(self) -> None:
@@ -85,30 +91,32 @@ class StudyProgress:
 
     def start(self, key: str) -> None:
         self.running[key] = "starting"
-        self._run_epochs[key] = 0
+        self._seen[key] = 0
         self._describe()
 
     def epoch(self, key: str, epoch: int, epochs: int) -> None:
         self.running[key] = f"epoch {epoch}/{epochs}"
-        self._run_epochs[key] = epoch
-        self.epochs_done += 1
+        self._seen[key] = self._seen.get(key, 0) + 1
+        self.work_done += self.work.get(key, (0, 0.0))[1]
         if self.bar is not None:
             self._describe()
             self.bar.update(1)
 
-    def _end(self, key: str, epochs: int | None) -> None:
+    def _end(self, key: str) -> None:
+        """A run ended (finished, stopped early or failed): what it left untrained is no
+        longer to come."""
         self.running.pop(key, None)
         self.done += 1
-        run_epochs = self._run_epochs.pop(key, 0)
-        if epochs is not None and run_epochs < epochs:  # stopped early: fewer epochs to go
-            self.planned -= epochs - run_epochs
-            if self.bar is not None:
-                self.bar.total = self.planned
+        left, cost = self.work.get(key, (0, 0.0))
+        unused = max(0, left - self._seen.pop(key, 0))
+        self.planned -= unused
+        self.work_planned -= unused * cost
+        if self.bar is not None:
+            self.bar.total = self.planned
         self._describe()
 
     def finish(self, key: str, metrics: dict) -> None:
-        planned = metrics.get("planned_epochs")
-        self._end(key, planned)
+        self._end(key)
         if self.enabled:
             self._print(f"[{self.done}/{self.total}] {key}: test accuracy "
                         f"{metrics['test_accuracy']:.4f} after {metrics['epochs_run']} epochs "
@@ -116,7 +124,7 @@ class StudyProgress:
                         f"{self.waiting()} waiting, about {self.eta()} left")
 
     def fail(self, key: str, message: str) -> None:
-        self._end(key, None)
+        self._end(key)
         if self.enabled:
             self._print(f"[{self.done}/{self.total}] {key} FAILED: {message}")
 

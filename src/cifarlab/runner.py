@@ -169,9 +169,10 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     for t in todo:
         t.resume = rundir.prepare_unfinished(t.path)
     live = sys.stdout.isatty() if live is None else live
-    progress = StudyProgress(len(tasks), len(tasks) - len(todo),
-                             sum(t.cfg.epochs for t in todo), live=verbose and live,
-                             enabled=verbose)
+    work = {t.key: (schedule.epochs_left(t.cfg, t.path), schedule.epoch_cost(t.cfg))
+            for t in todo}
+    progress = StudyProgress(len(tasks), len(tasks) - len(todo), work,
+                             live=verbose and live, enabled=verbose)
     progress.begin(out)
     if not todo:
         return []

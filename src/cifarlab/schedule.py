@@ -53,9 +53,19 @@ def run_cost(cfg: RunConfig, path) -> float:
     """A run's work still to do, in multiply-adds: its epochs not yet trained x its share of
     the images x its network's multiply-adds per image. Rough (a small network runs below
     the processor's peak), but it ranks the study's networks as their speeds do."""
+    return epochs_left(cfg, path) * epoch_cost(cfg)
+
+
+def epochs_left(cfg: RunConfig, path) -> int:
+    """Epochs a run has still to train (at most: early stopping may end it sooner)."""
     history = path / "history.csv"  # its rows only counted: the run itself checks them
     done = max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
-    return max(cfg.epochs - done, 0) * cfg.fraction * _multiply_adds(cfg.net_config())
+    return max(cfg.epochs - done, 0)
+
+
+def epoch_cost(cfg: RunConfig) -> float:
+    """One epoch of a run, in multiply-adds: its share of the images x its network's."""
+    return cfg.fraction * _multiply_adds(cfg.net_config())
 
 
 @functools.lru_cache(maxsize=None)
