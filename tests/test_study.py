@@ -2,6 +2,7 @@ import json
 import shlex
 
 import pytest
+import torch
 from conftest import Tiny, alive, group_pids, hold_lock
 
 from cifarlab import runner, study
@@ -225,10 +226,17 @@ def test_a_study_run_with_a_precision_is_never_resumed_with_another(tmp_path, da
 def test_parallel_jobs_give_the_same_results_as_one_job(tmp_path, data, monkeypatch):
     # one thread per job whatever the machine: one job would otherwise get all the cores and
     # two jobs half each, and thread counts change float rounding
+    # (the job processes read CIFARLAB_THREADS; --jobs 1 trains in this process, whose
+    # threads the command line would set: oneDNN on an AMX Xeon rounds 1 and 2 threads apart)
     monkeypatch.setenv("CIFARLAB_THREADS", "1")
     s = parse({"name": "p", "seeds": 2, "defaults": {**SMALL_NET, "data": str(data)},
                "variant": [{"name": "base"}]}, "p")
-    assert runner.run_study(s, tmp_path / "one", jobs=1, verbose=False) == []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert runner.run_study(s, tmp_path / "one", jobs=1, verbose=False) == []
+    finally:
+        torch.set_num_threads(threads)
     assert runner.run_study(s, tmp_path / "two", jobs=2, verbose=False) == []
     for seed in (0, 1):
         a = (tmp_path / f"one/runs/base/seed-{seed}/history.csv").read_text().splitlines()
