@@ -30,3 +30,26 @@ def test_the_time_left_weighs_each_epoch_by_its_cost(monkeypatch, capsys):
     assert "about 20 s left" in capsys.readouterr().out  # 40 units in 20 s; 40 left
     shown.fail("resumed", "boom")
     assert shown.work_planned == 40 and shown.eta() == "0 s"
+
+
+def test_a_network_slower_than_its_multiply_adds_is_weighed_by_its_own_timed_epochs(
+        monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    # `batchnorm` does a third of `simple`'s multiply-adds an epoch but takes 2/3 of its time:
+    # 2 s for its 1 unit against 3 s for simple's 3.
+    shown = StudyProgress(2, 0, {"bn": (10, 1.0), "simple": (10, 3.0)}, live=False,
+                          kinds={"bn": "batchnorm", "simple": "simple"})
+
+    def train(key, epochs, seconds):
+        shown.start(key)
+        for e in range(1, epochs + 1):
+            clock[0] += seconds
+            shown.epoch(key, e, 10)
+    train("bn", 10, 2.0)
+    shown.finish("bn", {"test_accuracy": 0.5, "epochs_run": 10, "train_time_s": 20})
+    # simple not timed yet: its 30 units at batchnorm's pace, 60 s (it will take 30)
+    assert shown.eta() == "60 s"
+    train("simple", 2, 3.0)
+    # both timed: the 8 epochs left at simple's own 3 s (by units alone: 39 s)
+    assert shown.eta() == "24 s"

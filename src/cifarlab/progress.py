@@ -41,21 +41,40 @@ class StudyProgress:
     """
 
     def __init__(self, total: int, skipped: int, work: dict[str, tuple[int, float]],
-                 live: bool, enabled: bool = True):
+                 live: bool, enabled: bool = True, kinds: dict[str, str] | None = None):
         """`work`: each run to train -> (its epochs left, the cost of one of its epochs, in
         any unit: schedule.epoch_cost). The time left follows the work left, not the
         epochs: a study's epochs differ in cost ten times and more (a tenth of the data, a
-        smaller network), and the first runs' pace would say little of the rest."""
+        smaller network), and the first runs' pace would say little of the rest.
+
+        `kinds`: each run -> its network. The cost unit (multiply-adds) misjudges networks
+        whose batch-norm and dropout passes are memory-bound (seen: `batchnorm` does 0.31 of
+        `simple`'s multiply-adds in 0.6 of its time), so once a network's epochs have been
+        timed, its work is weighed by its own measured seconds per unit."""
         self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
         self.done = skipped
         self.running: dict[str, str] = {}
         self.work = work
+        self.kinds = kinds or {}
         self.planned = sum(left for left, _ in work.values())
-        self.work_planned = sum(left * cost for left, cost in work.values())
-        self.work_done = 0.0
         self.started = time.perf_counter()
         self.bar = None
         self._seen: dict[str, int] = {}  # epochs each run trained in this session
+        self._left: dict[str, float] = {}  # each network's work still planned, and done
+        self._done: dict[str, float] = {}
+        for key, (left, cost) in work.items():
+            kind = self.kinds.get(key, "")
+            self._left[kind] = self._left.get(kind, 0.0) + left * cost
+        self._timed: dict[str, list[float]] = {}  # network -> [seconds, units] of timed epochs
+        self._last: dict[str, float] = {}  # each running run's last start or epoch
+
+    @property
+    def work_done(self) -> float:
+        return sum(self._done.values())
+
+    @property
+    def work_planned(self) -> float:
+        return sum(self._left.values()) + self.work_done
 
     def begin(self, out: Path) -> None:
         if not self.enabled:
@@ -79,9 +98,21 @@ class StudyProgress:
     def eta(self) -> str:
         if not self.work_done:
             return "unknown"
-        seconds = (time.perf_counter() - self.started) / self.work_done * \
-            max(0.0, self.work_planned - self.work_done)
+        seconds = (time.perf_counter() - self.started) * self._weighed(self._left) / \
+            self._weighed(self._done)
         return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+    def _weighed(self, work: dict[str, float]) -> float:
+        """Work per network, each weighed by its measured seconds per unit against all timed
+        epochs' (a network not timed yet: 1)."""
+        seconds = sum(t for t, _ in self._timed.values())
+        units = sum(u for _, u in self._timed.values())
+        pace = seconds / units if seconds and units else 0.0
+
+        def weight(kind: str) -> float:
+            t, u = self._timed.get(kind, (0.0, 0.0))
+            return t / u / pace if t and u and pace else 1.0
+        return sum(w * weight(kind) for kind, w in work.items())
 
     def _describe(self) -> None:
         if self.bar is not None:
@@ -92,12 +123,21 @@ class StudyProgress:
     def start(self, key: str) -> None:
         self.running[key] = "starting"
         self._seen[key] = 0
+        self._last[key] = time.perf_counter()
         self._describe()
 
     def epoch(self, key: str, epoch: int, epochs: int) -> None:
         self.running[key] = f"epoch {epoch}/{epochs}"
         self._seen[key] = self._seen.get(key, 0) + 1
-        self.work_done += self.work.get(key, (0, 0.0))[1]
+        cost, kind = self.work.get(key, (0, 0.0))[1], self.kinds.get(key, "")
+        self._done[kind] = self._done.get(kind, 0.0) + cost
+        self._left[kind] = self._left.get(kind, 0.0) - cost
+        now = time.perf_counter()
+        if self._seen[key] > 1 and cost:  # a run's first epoch also pays its start-up
+            timed = self._timed.setdefault(kind, [0.0, 0.0])
+            timed[0] += now - self._last[key]
+            timed[1] += cost
+        self._last[key] = now
         if self.bar is not None:
             self._describe()
             self.bar.update(1)
@@ -109,8 +149,10 @@ class StudyProgress:
         self.done += 1
         left, cost = self.work.get(key, (0, 0.0))
         unused = max(0, left - self._seen.pop(key, 0))
+        self._last.pop(key, None)
         self.planned -= unused
-        self.work_planned -= unused * cost
+        kind = self.kinds.get(key, "")
+        self._left[kind] = self._left.get(kind, 0.0) - unused * cost
         if self.bar is not None:
             self.bar.total = self.planned
         self._describe()

@@ -172,7 +172,8 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     work = {t.key: (schedule.epochs_left(t.cfg, t.path), schedule.epoch_cost(t.cfg))
             for t in todo}
     progress = StudyProgress(len(tasks), len(tasks) - len(todo), work,
-                             live=verbose and live, enabled=verbose)
+                             live=verbose and live, enabled=verbose,
+                             kinds={t.key: t.cfg.model for t in todo})
     progress.begin(out)
     if not todo:
         return []
