@@ -165,6 +165,30 @@ def test_a_verdict_given_before_the_study_finishes_is_never_withdrawn_after():
     assert "and those still waiting for runs" in scorecard.summary([early, waiting])
 
 
+def test_an_undecided_answer_the_waiting_questions_hold_back_says_so_and_which_way_it_leans():
+    # The full-scale study after 15 of 40 runs: half the data against all of it, accuracies
+    # per seed; 7 of the 10 questions were still waiting for runs.
+    half = {"all": [0.7462, 0.7465, 0.7273, 0.7328, 0.7387],
+            "half": [0.6962, 0.7174, 0.6989, 0.6718, 0.6882], "late": [0.7] * 5}
+    qs = ask({"name": "eq", "claim": "half the data, similar accuracy", "metric":
+              "test_accuracy", "compare": ["half", "all"], "expect": "equivalent",
+              "margin": 0.02},
+             *[{"name": f"w{i}", "claim": "c", "metric": "test_accuracy",
+                "compare": ["late", "all"], "expect": "lower"} for i in range(7)],
+             names=("all", "half", "late"))
+    g = groups(**half)
+    g["late"].runs = g["late"].runs[:2]
+    eq, *waiting = scorecard.answer_all(qs, g)
+    assert {w.verdict for w in waiting} == {"not yet answered"}
+    assert eq.verdict == "undecided" and eq.estimate < -0.02 and eq.p_value < 0.05
+    assert eq.p_adjusted == pytest.approx(8 * eq.p_value)
+    assert eq.why == "significant alone, not after the adjustment over the study's questions"
+    assert eq.decide.startswith("the study's unfinished runs may decide it (the adjustment "
+                                "counts the 7 questions still waiting at p = 1); else ")
+    # it leans out of the band, so more seeds would show a difference beyond it
+    assert "beyond ±2 points" in eq.decide and "equivalence" not in eq.decide
+
+
 def test_metrics_are_read_from_the_history_by_one_definition():
     r = run(0, 0.7, gaps=(0.0, 0.02, 0.08, 0.15), val_losses=(1.3, 1.0, 1.05, 1.2))
     assert measure(r.history, r.metrics, "lowest_val_loss_epoch") == 2

@@ -69,6 +69,11 @@ def answer_all(questions: list[Question], groups: dict, scaled: bool = False
             _verdict(a)
         if a.verdict == "undecided" and not a.decide:
             a.decide = _what_decides(a, family, scaled)
+            if waiting and a.p_value < stats.ALPHA:
+                # Holm counts the waiting questions at p = 1; answered, they may lower its bar
+                a.decide = (f"the study's unfinished runs may decide it (the adjustment "
+                            f"counts the {len(waiting)} questions still waiting at p = 1)"
+                            + (f"; else {a.decide}" if a.decide else ""))
     return answers
 
 
@@ -176,7 +181,8 @@ def _verdict(a: Answer) -> None:
     if math.isnan(a.p_adjusted) or a.p_adjusted >= stats.ALPHA:
         a.verdict = "undecided"
         if not a.why:
-            a.why = f"within seed noise with {a.n} seeds"
+            a.why = ("significant alone, not after the adjustment over the study's questions"
+                     if a.p_value < stats.ALPHA else f"within seed noise with {a.n} seeds")
         return
     lo, hi = a.question.region()
     a.verdict = "supported" if lo < a.estimate < hi else "contradicted"
@@ -200,8 +206,13 @@ def _what_decides(a: Answer, family: int, scaled: bool) -> str:
         return ""
     metric = METRICS[a.question.metric]
     need = seeds_to_decide(a.question, a.spread, a.paired, family)
-    if a.question.expect == "equivalent":
-        target = f"equivalence within ±{show(a.question.margin, metric, signed=False)}"
+    band = show(a.question.margin, metric, signed=False)
+    if a.question.expect == "equivalent" and a.test.endswith("outside the band, one-sided"):
+        # the interval leans out of the band: what decides is showing it outside, not inside
+        need = stats.seeds_needed(a.spread, a.paired, metric.interest, stats.ALPHA / family)
+        target = f"a difference of {show(metric.interest, metric, signed=False)} beyond ±{band}"
+    elif a.question.expect == "equivalent":
+        target = f"equivalence within ±{band}"
     else:
         target = f"a difference of {show(metric.interest, metric, signed=False)}"
     scale = ("run the study at full scale (more data and epochs lower the seed noise)"
