@@ -438,3 +438,27 @@ def test_growing_a_finished_study_trains_only_the_new_runs(tmp_path, data, capsy
     results = collect_study(out)
     assert [len(g.runs) for g in results.groups] == [3, 3]
     assert json.loads((out / "study.json").read_text())["command"][-2:] == ["--seeds", "3"]
+
+
+def test_only_trains_the_named_variants_into_the_whole_studys_folder(tmp_path, data, capsys):
+    path = toml_study(tmp_path, data, seeds=1, body='[[variant]]\nname = "base"\ndropout = 0.0\n'
+                      '[[variant]]\nname = "drop"\ngrid = { dropout = [0.0, 0.5] }\n')
+    # "drop dropout=0" has base's settings: its runs are base's
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--only", "drop dropout=0.5",
+                 "--only", "drop dropout=0"]) == 0
+    assert "2 runs, 0 already finished, 2 to train" in capsys.readouterr().out
+    assert sorted(p.parent.parent.name for p in out.glob("runs/*/seed-0/metrics.json")) == [
+        "base", "drop_dropout=0.5"]  # the twin's runs are base's
+    assert [v["name"] for v in json.loads((out / "study.json").read_text())["variants"]] == [
+        "base", "drop dropout=0", "drop dropout=0.5"]
+    assert main(["study", str(path), "--out", str(out)]) == 0
+    assert "2 runs, 2 already finished, 0 to train" in capsys.readouterr().out
+
+    assert main(["study", str(path), "--out", str(tmp_path / "bad"), "--only", "drop"]) == 2
+    assert ("--only 'drop' is not a variant of the study 'small'; its variants: base, "
+            "drop dropout=0, drop dropout=0.5") in capsys.readouterr().err
+    assert main(["study", str(path), "--out", str(tmp_path / "bad"), "--only", "base",
+                 "--budget", "1m"]) == 2
+    assert "drop one of them" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -173,11 +173,14 @@ def cmd_study(args) -> int:
             ray = RayOptions(args.address, args.cpus_per_task, args.gpus_per_task, args.retries)
         elif args.address:
             raise CifarlabError("--address is for --executor ray; add --executor ray or drop it")
+        if args.budget is not None and args.only:
+            raise CifarlabError("--budget plans the whole study and --only trains chosen "
+                                "variants as they are; drop one of them")
         if args.budget is not None:
             outcome = _budgeted(args, written, given, out)
             failed = outcome.failed
         else:
-            failed = run_study(st, out, jobs=args.jobs, ray=ray)
+            failed = run_study(st, out, jobs=args.jobs, ray=ray, only=args.only)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (train.Interrupted carries it)
         print("cifarlab: interrupted; finished runs are kept, so re-run the same command to "
               "train the rest", file=sys.stderr)
@@ -343,6 +346,10 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    "first round's seeds; the rest of the time buys more seeds for the "
                    "questions they can still decide (--seeds, --fraction, --max-epochs "
                    "given with it are kept)")
+    p.add_argument("--only", action="append", metavar="VARIANT",
+                   help="train only this variant's runs (repeat for more): to split a study "
+                   "between machines or train what one question needs first; the folder and "
+                   "the report stay the whole study's")
     p.add_argument("--epochs-scale", type=_typed(float), metavar="X",
                    help="multiply every variant's epochs by X")
     p.add_argument("--fraction", type=_typed(float), default=1.0, metavar="F",

@@ -56,6 +56,18 @@ def plan(study: Study, out: Path) -> list[Task]:
             for v, seed in study.runs()]
 
 
+def _only(study: Study, tasks: list[Task], names: list[str]) -> list[Task]:
+    """The tasks of the variants `names` (a variant trained as another: that one's)."""
+    known = [v.name for v in study.variants]
+    for name in names:
+        if name not in known:
+            raise CifarlabError(f"--only {name!r} is not a variant of the study {study.name!r}; "
+                                f"its variants: {', '.join(known)}")
+    twins = study.twins()
+    wanted = {twins.get(name, name) for name in names}
+    return [t for t in tasks if t.variant in wanted]
+
+
 def _check_same_study(study: Study, out: Path, tasks: list[Task]) -> None:
     """Refuse to mix a changed study into a folder that holds another one's finished runs."""
     recorded = out / "study.json"
@@ -96,14 +108,16 @@ class Pace:
 
 
 def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True,
-              ray=None, live: bool | None = None, pace: Pace | None = None) -> list[Task]:
+              ray=None, live: bool | None = None, pace: Pace | None = None,
+              only: list[str] | None = None) -> list[Task]:
     """Train every unfinished run of `study` under `out`; return the tasks that failed.
 
     With `ray` (ray_runner.RayOptions) the runs are Ray tasks on a Ray cluster instead of
     `jobs` local processes; the study folder is the same either way. `live`: a progress bar
     over the study's epochs (default: when standard output is a terminal), else a line per
     finished run. With `pace` (local processes only) a run starts only when the pace admits
-    it; one it turns away is neither trained nor failed."""
+    it; one it turns away is neither trained nor failed. With `only` (variant names) just
+    those variants' runs are trained; the folder stays the whole study's."""
     out = Path(out)
     if jobs < 1:
         raise CifarlabError(f"--jobs must be at least 1, got {jobs}")
@@ -111,6 +125,8 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, verbose: bool = True
         from .ray_runner import connect
         connect(ray.check())  # before anything is written
     tasks = plan(study, out)
+    if only:
+        tasks = _only(study, tasks, only)
     for t in tasks:
         t.cfg.validate()
     _check_same_study(study, out, tasks)
