@@ -31,6 +31,7 @@ from .measures import METRICS
 from .questions import Question, number, show, unit_name
 
 PRACTICAL_SEEDS = stats.PRACTICAL_SEEDS
+OUTSIDE = "outside the band, one-sided"  # the test an equivalence leaning out of its band took
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _test(ans: Answer, p_at) -> None:
         supported = max(p_at(lo, "greater"), p_at(hi, "less"))  # TOST
         outside = min(1.0, 2 * min(p_at(hi, "greater"), p_at(lo, "less")))
         ans.p_value = min(supported, outside)
-        ans.test += "; TOST" if supported <= outside else "; outside the band, one-sided"
+        ans.test += "; TOST" if supported <= outside else f"; {OUTSIDE}"
         return
     bound = lo if math.isinf(hi) else hi
     ans.p_value = p_at(bound, "two-sided")
@@ -205,16 +206,15 @@ def _what_decides(a: Answer, family: int, scaled: bool) -> str:
     if not a.spread > 0 or a.n < 2:
         return ""
     metric = METRICS[a.question.metric]
-    need = seeds_to_decide(a.question, a.spread, a.paired, family)
     band = show(a.question.margin, metric, signed=False)
-    if a.question.expect == "equivalent" and a.test.endswith("outside the band, one-sided"):
+    if a.question.expect == "equivalent" and a.test.endswith(OUTSIDE):
         # the interval leans out of the band: what decides is showing it outside, not inside
         need = stats.seeds_needed(a.spread, a.paired, metric.interest, stats.ALPHA / family)
         target = f"a difference of {show(metric.interest, metric, signed=False)} beyond ±{band}"
-    elif a.question.expect == "equivalent":
-        target = f"equivalence within ±{band}"
     else:
-        target = f"a difference of {show(metric.interest, metric, signed=False)}"
+        need = seeds_to_decide(a.question, a.spread, a.paired, family)
+        target = (f"equivalence within ±{band}" if a.question.expect == "equivalent" else
+                  f"a difference of {show(metric.interest, metric, signed=False)}")
     scale = ("run the study at full scale (more data and epochs lower the seed noise)"
              if scaled else "more data or epochs per run (lower seed noise)")
     if need is None or need > PRACTICAL_SEEDS:
