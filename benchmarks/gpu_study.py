@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from cifarlab import rundir
 from cifarlab import study as studies
 from cifarlab.results import collect_study
 
@@ -65,21 +66,37 @@ def gpu_name() -> str:
     return "no GPU"
 
 
-def study_file(out: Path) -> Path:
-    """The seed study with every run on the GPU and compiled."""
+def study_file(out: Path, precision: str = "float32") -> Path:
+    """The seed study with every run on the GPU and compiled, in `precision`."""
     st = studies.load("seed")
-    st.defaults.update(device="cuda", compile=True)
+    st.defaults.update(device="cuda", compile=True, precision=precision)
     path = out.parent / f"{out.name}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(studies.to_toml(st))
     return path
 
 
+def trained(out: Path) -> tuple[int, list[float]]:
+    """Images trained so far in the study folder `out`, finished runs and runs in progress
+    alike (a short lease stops most runs part-way), and each run's images/s in its epochs."""
+    images, per_run = 0, []
+    for history in sorted(out.glob("runs/*/seed-*/history.csv")):
+        config = rundir.read_json(history.parent / "config.json") or {}
+        epochs = rundir.read_history(history)
+        per_epoch = (config.get("images") or {}).get("train", 0)
+        seconds = sum(float(e.get("epoch_time_s") or 0) for e in epochs)
+        images += per_epoch * len(epochs)
+        if seconds > 0:
+            per_run.append(per_epoch * len(epochs) / seconds)
+    return images, per_run
+
+
 def run(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "cifarlab", "study", str(study_file(out)), "--data",
-               args.data, "--seeds", str(SEEDS), "--jobs", str(args.jobs), "--out", str(out)]
+    data = ["--data", args.data] if args.data else []
+    command = [sys.executable, "-m", "cifarlab", "study", str(study_file(out, args.precision)),
+               *data, "--seeds", str(SEEDS), "--jobs", str(args.jobs), "--out", str(out)]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
     proc = subprocess.Popen(command)
@@ -92,13 +109,13 @@ def run(args) -> int:
     res = collect_study(out)
     runs = [r for g in res.groups if not g.same_as for r in g.runs]
     planned = sum(g.expected for g in res.groups if not g.same_as)
-    images = sum(r.config.get("images", {}).get("train", 0) * len(r.history) for r in runs)
-    print(f"\nGPU: {gpu_name()}; wall time {wall:.0f} s; runs finished {len(runs)} of {planned}")
-    if runs:
-        per_run = [r.config["images"]["train"] * len(r.history) / r.metrics["train_time_s"]
-                   for r in runs if r.metrics.get("train_time_s")]
-        print(f"images/s in total (finished runs' epochs / wall time): {images / wall:,.0f}; "
-              f"per run: median {sorted(per_run)[len(per_run) // 2]:,.0f}")
+    print(f"\nGPU: {gpu_name()}; wall time {wall:.0f} s (compiling and start-up included); "
+          f"runs finished {len(runs)} of {planned}")
+    images, per_run = trained(out)
+    if per_run:  # a resumed study's earlier epochs count too: a total over this folder
+        print(f"images trained in this folder: {images:,}, {images / wall:,.0f} per second of "
+              f"this wall time; per run in its own epochs: median "
+              f"{sorted(per_run)[len(per_run) // 2]:,.0f} images/s over {len(per_run)} runs")
     subprocess.run([sys.executable, "-m", "cifarlab", "report", str(out)], check=False)
     return 0
 
@@ -111,6 +128,9 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=540,
                     help="seconds before the study is stopped (it resumes); default fits a "
                          "10-minute lease")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bf16", "auto"),
+                    help="float32 (default) as the CPU study, whose runs it can join: bf16 "
+                         "is not shown to change no answer for the study's networks")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args()
     print(f"GPU: {gpu_name()}")
