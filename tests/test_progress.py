@@ -53,3 +53,41 @@ def test_a_network_slower_than_its_multiply_adds_is_weighed_by_its_own_timed_epo
     train("simple", 2, 3.0)
     # both timed: the 8 epochs left at simple's own 3 s (by units alone: 39 s)
     assert shown.eta() == "24 s"
+
+
+def test_in_a_log_a_long_run_says_where_it_is_every_ten_minutes(monkeypatch, capsys):
+    """In a file, a study otherwise writes only when a run ends: a full-scale run is an hour
+    of silence. One line per HEARTBEAT_S at most, none while runs finish more often."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress.time, "strftime", lambda fmt: "09:15")
+    shown = StudyProgress(3, 1, {"deep 0": (50, 1.0), "deep 1": (50, 1.0)}, live=False)
+    shown.start("deep 0")
+    shown.start("deep 1")
+    for e in range(1, 10):  # 9 epochs of each, 70 s apiece: 630 s
+        clock[0] += 70.0
+        shown.epoch("deep 0", e, 50)
+        shown.epoch("deep 1", e, 50)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["09:15 1/3 done; running: deep 0 epoch 9/50, deep 1 epoch 8/50; "
+                     "0 waiting, about 51 min left"]  # 17 epochs in 630 s; 83 left
+    for e in range(10, 18):  # 560 s more: under ten minutes since that line
+        clock[0] += 70.0
+        shown.epoch("deep 0", e, 50)
+    assert capsys.readouterr().out == ""
+    shown.finish("deep 0", {"test_accuracy": 0.7, "epochs_run": 17, "train_time_s": 1190})
+    assert capsys.readouterr().out.startswith("[2/3] deep 0: test accuracy 0.7000")
+    clock[0] += 500.0
+    shown.epoch("deep 1", 9, 50)  # 1,060 s after the heartbeat, 500 after the run's line
+    assert capsys.readouterr().out == ""
+    assert StudyProgress(1, 0, {"r": (1, 1.0)}, live=False).eta() == "unknown"
+
+
+def test_hours_left_read_as_hours(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    shown = StudyProgress(1, 0, {"r": (100, 1.0)}, live=False, enabled=False)
+    shown.start("r")
+    clock[0] += 100.0
+    shown.epoch("r", 1, 100)
+    assert shown.eta() == "2 h 45 min"  # 99 epochs of 100 s

@@ -37,8 +37,11 @@ class StudyProgress:
     """Runs done / running / waiting, each running run's epoch, and the time left.
 
     On a terminal: one live bar over the study's planned epochs. In a file or pipe: one
-    line per finished run.
+    line per finished run, and while none finishes a line every HEARTBEAT_S with each
+    running run's epoch (a full-scale run trains for an hour in silence otherwise).
     """
+
+    HEARTBEAT_S = 600.0
 
     def __init__(self, total: int, skipped: int, work: dict[str, tuple[int, float]],
                  live: bool, enabled: bool = True, kinds: dict[str, str] | None = None):
@@ -67,6 +70,7 @@ class StudyProgress:
             self._left[kind] = self._left.get(kind, 0.0) + left * cost
         self._timed: dict[str, list[float]] = {}  # network -> [seconds, units] of timed epochs
         self._last: dict[str, float] = {}  # each running run's last start or epoch
+        self._said = self.started  # when the last line about the whole study was written
 
     @property
     def work_done(self) -> float:
@@ -100,6 +104,9 @@ class StudyProgress:
             return "unknown"
         seconds = (time.perf_counter() - self.started) * self._weighed(self._left) / \
             self._weighed(self._done)
+        if seconds >= 90 * 60:
+            hours, minutes = divmod(round(seconds / 60), 60)
+            return f"{hours} h {minutes:02d} min"
         return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
     def _weighed(self, work: dict[str, float]) -> float:
@@ -141,6 +148,10 @@ class StudyProgress:
         if self.bar is not None:
             self._describe()
             self.bar.update(1)
+        elif self.enabled and now - self._said >= self.HEARTBEAT_S:
+            self._print(f"{time.strftime('%H:%M')} {self.done}/{self.total} done; running: "
+                        + ", ".join(f"{k} {v}" for k, v in self.running.items())
+                        + f"; {self.waiting()} waiting, about {self.eta()} left")
 
     def _end(self, key: str) -> None:
         """A run ended (finished, stopped early or failed): what it left untrained is no
@@ -171,6 +182,7 @@ class StudyProgress:
             self._print(f"[{self.done}/{self.total}] {key} FAILED: {message}")
 
     def _print(self, line: str) -> None:
+        self._said = time.perf_counter()
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)
             if self.done == self.total:
