@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from cifarlab import models, rundir, runner, schedule
+from cifarlab import models, progress, rundir, runner, schedule
 from cifarlab import study as studies
 from cifarlab.study import Scale
 
@@ -65,3 +65,40 @@ def test_run_cost_counts_the_networks_multiply_adds():
     ratio = (models.multiply_adds(models.build(models.preset("batchnorm")))
              / models.multiply_adds(models.build(models.preset("simple"))))
     assert 0.25 < ratio < 0.4
+
+
+def _trained(task, seconds: list[float], image_size: int = 32) -> None:
+    """Write `task`'s history: one epoch per entry of `seconds`."""
+    task.path.mkdir(parents=True, exist_ok=True)
+    row = dict.fromkeys(rundir.HISTORY_COLUMNS, 1.0)
+    (task.path / "history.csv").write_text(rundir.history_csv(
+        [{**row, "epoch": e, "epoch_time_s": s, "image_size": image_size}
+         for e, s in enumerate(seconds, 1)]))
+
+
+def test_a_resumed_study_says_by_when_each_question_closes_once_its_networks_are_timed(
+        tmp_path):
+    study, tasks = seed_study_tasks(tmp_path)
+    by_key = {t.key: t for t in tasks}
+    bn, deep = by_key["part4-batchnorm seed 0"], by_key["part2-deep seed 0"]
+    _trained(bn, [99.0, 40.0, 44.0])  # the first epoch pays the run's start-up: left out
+    _trained(by_key["part4-batchnorm seed 1"], [50.0, 7.0], image_size=16)  # half size: out
+    timed = schedule.timed_epochs(tasks)
+    assert list(timed) == ["batchnorm"]
+    assert timed["batchnorm"] == pytest.approx([84.0, 2 * schedule.epoch_cost(bn.cfg)])
+
+    order = schedule.answers_first(tasks, study.questions, study.twins())
+    closes = schedule.closing_order(order, study.questions, study.twins(), timed, jobs=2)
+    # part 5's questions need only batch norm, timed at 42 s a full epoch: 4 runs of 50
+    # epochs at most, less the 3 and 2 trained, a tenth of the images for two of them
+    full, tenth = 42.0, 4.2
+    five_tenth = ((50 - 3) * full + (50 - 2) * full + 2 * 50 * tenth) / 2
+    assert closes[0] == ("5 too little data costs accuracy (4 runs, within about "
+                         f"{progress.duration(five_tenth)})")
+    # the deeper network is not timed: no time for it, nor for anything after it
+    assert closes[3] == "4 batch norm: smaller gap than deep (8 runs)"
+    _trained(deep, [60.0, 21.0])
+    timed = schedule.timed_epochs(tasks)
+    closes = schedule.closing_order(order, study.questions, study.twins(), timed, jobs=1)
+    assert closes[3].startswith("4 batch norm: smaller gap than deep (8 runs, within about ")
+    assert closes[4] == "1 simple over-fits (10 runs)"  # `simple` still untimed

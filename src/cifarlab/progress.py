@@ -18,6 +18,14 @@ from pathlib import Path
 from .data import IMAGE_SIZE
 
 
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: '45 s', '12 min', '2 h 05 min'."""
+    if seconds >= 90 * 60:
+        hours, minutes = divmod(round(seconds / 60), 60)
+        return f"{hours} h {minutes:02d} min"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def drain(queue, progress: "StudyProgress") -> None:
     """Show every message waiting in `queue` (a multiprocessing or Ray queue)."""
     while True:
@@ -44,7 +52,8 @@ class StudyProgress:
     HEARTBEAT_S = 600.0
 
     def __init__(self, total: int, skipped: int, work: dict[str, tuple[int, float]],
-                 live: bool, enabled: bool = True, kinds: dict[str, str] | None = None):
+                 live: bool, enabled: bool = True, kinds: dict[str, str] | None = None,
+                 timed: dict[str, list[float]] | None = None):
         """`work`: each run to train -> (its epochs left, the cost of one of its epochs, in
         any unit: schedule.epoch_cost). The time left follows the work left, not the
         epochs: a study's epochs differ in cost ten times and more (a tenth of the data, a
@@ -53,7 +62,10 @@ class StudyProgress:
         `kinds`: each run -> its network. The cost unit (multiply-adds) misjudges networks
         whose batch-norm and dropout passes are memory-bound (seen: `batchnorm` does 0.31 of
         `simple`'s multiply-adds in 0.6 of its time), so once a network's epochs have been
-        timed, its work is weighed by its own measured seconds per unit."""
+        timed, its work is weighed by its own measured seconds per unit.
+
+        `timed`: network -> [seconds, units] its epochs took before this session
+        (schedule.timed_epochs), so a resumed study weighs its networks from the start."""
         self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
         self.done = skipped
         self.running: dict[str, str] = {}
@@ -68,7 +80,8 @@ class StudyProgress:
         for key, (left, cost) in work.items():
             kind = self.kinds.get(key, "")
             self._left[kind] = self._left.get(kind, 0.0) + left * cost
-        self._timed: dict[str, list[float]] = {}  # network -> [seconds, units] of timed epochs
+        # network -> [seconds, units] of timed epochs, this session's added to earlier ones
+        self._timed: dict[str, list[float]] = {k: list(v) for k, v in (timed or {}).items()}
         self._last: dict[str, float] = {}  # each running run's last start or epoch
         self._said = self.started  # when the last line about the whole study was written
 
@@ -104,10 +117,7 @@ class StudyProgress:
             return "unknown"
         seconds = (time.perf_counter() - self.started) * self._weighed(self._left) / \
             self._weighed(self._done)
-        if seconds >= 90 * 60:
-            hours, minutes = divmod(round(seconds / 60), 60)
-            return f"{hours} h {minutes:02d} min"
-        return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+        return duration(seconds)
 
     def _weighed(self, work: dict[str, float]) -> float:
         """Work per network, each weighed by its measured seconds per unit against all timed

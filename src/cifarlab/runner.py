@@ -187,15 +187,17 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     live = sys.stdout.isatty() if live is None else live
     work = {t.key: (schedule.epochs_left(t.cfg, t.path), schedule.epoch_cost(t.cfg))
             for t in todo}
+    timed = schedule.timed_epochs(tasks)  # this folder's runs so far, finished or begun
     progress = StudyProgress(len(tasks), len(tasks) - len(todo), work,
                              live=verbose and live, enabled=verbose,
-                             kinds={t.key: t.cfg.model for t in todo})
+                             kinds={t.key: t.cfg.model for t in todo}, timed=timed)
     progress.begin(out)
     if not todo:
         return []
     if study.questions:
         progress.note("Questions close in this order: "
-                      + "; ".join(schedule.closing_order(todo, study.questions, twins)) + ".")
+                      + "; ".join(schedule.closing_order(
+                          todo, study.questions, twins, None if ray else timed, jobs)) + ".")
     if ray is not None:
         from . import ray_runner
         return ray_runner.run(todo, progress, ray)

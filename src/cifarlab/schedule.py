@@ -17,6 +17,8 @@ import torch
 
 from . import models, rundir
 from .config import RunConfig
+from .data import IMAGE_SIZE
+from .errors import CifarlabError
 from .questions import Question
 
 
@@ -39,13 +41,21 @@ def answers_first(tasks: list, questions: list[Question], twins: dict[str, str])
     return order + left
 
 
-def closing_order(tasks: list, questions: list[Question], twins: dict[str, str]) -> list[str]:
+def closing_order(tasks: list, questions: list[Question], twins: dict[str, str],
+                  timed: dict[str, list[float]] | None = None, jobs: int = 1) -> list[str]:
     """The questions in the order `tasks` (already ordered) closes them, each with the runs
-    still to train when it closes: ['1 simple over-fits (3 runs)', ...]."""
+    still to train when it closes: ['1 simple over-fits (3 runs)', ...]. With `timed`
+    (timed_epochs), also the time by which it closes if every run goes to its epoch cap and
+    `jobs` runs train at once, while every network before it has been timed:
+    ['... (3 runs, within about 2 h 10 min)', ...]."""
+    from .progress import duration
     position = {t.variant: i for i, t in enumerate(tasks)}  # a variant's last run
     closes = [(max(position.get(twins.get(v, v), -1) for v in q.variants), i, q.name)
               for i, q in enumerate(questions)]  # ties in the study's order
-    return [f"{name} ({last + 1} runs)" if last >= 0 else f"{name} (ready)"
+    finished_by = _finished_by(tasks, timed or {}, jobs)
+    return [f"{name} (ready)" if last < 0 else f"{name} ({last + 1} runs)"
+            if finished_by[last] is None else
+            f"{name} ({last + 1} runs, within about {duration(finished_by[last])})"
             for last, _, name in sorted(closes)]
 
 
@@ -72,3 +82,36 @@ def epoch_cost(cfg: RunConfig) -> float:
 def _multiply_adds(net_cfg: models.NetConfig) -> int:
     with torch.random.fork_rng(devices=[]):  # building draws weights: not from the caller's
         return models.multiply_adds(models.build(net_cfg), net_cfg.image_size)
+
+
+def timed_epochs(tasks: list) -> dict[str, list[float]]:
+    """Each network's [seconds, cost units (epoch_cost)] over the epochs its runs have
+    already trained, from their history.csv; each run's first epoch, which also pays its
+    start-up, left out. A resumed study knows its pace before it trains a step."""
+    timed: dict[str, list[float]] = {}
+    for t in tasks:
+        try:
+            rows = rundir.read_history(t.path / "history.csv")
+        except (OSError, CifarlabError):  # none yet, or damaged: the run itself will say
+            continue
+        full = [r for r in rows[1:] if r.get("image_size", IMAGE_SIZE) == IMAGE_SIZE]
+        if full:
+            pair = timed.setdefault(t.cfg.model, [0.0, 0.0])
+            pair[0] += sum(r["epoch_time_s"] for r in full)
+            pair[1] += len(full) * epoch_cost(t.cfg)
+    return timed
+
+
+def _finished_by(tasks: list, timed: dict[str, list[float]], jobs: int) -> list[float | None]:
+    """Seconds from now until each of `tasks` is done, their epoch caps trained at the timed
+    paces by `jobs` runs at once; None from the first run of a network not timed yet (its
+    multiply-adds would guess its pace wrong by up to twice, see progress.StudyProgress)."""
+    total, out = 0.0, []
+    for t in tasks:
+        if t.cfg.model not in timed or total is None:
+            total = None
+        else:
+            spent, done = timed[t.cfg.model]
+            total += epochs_left(t.cfg, t.path) * epoch_cost(t.cfg) * spent / done
+        out.append(None if total is None else total / max(jobs, 1))
+    return out
