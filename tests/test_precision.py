@@ -211,3 +211,22 @@ def test_fit_keeps_freed_memory(dataset, tmp_path, monkeypatch):
     train_run(RunConfig(**TINY, precision="float32"), tmp_path / "r", data=dataset,
               verbose=False)
     assert calls
+
+
+def test_the_bf16_gate_pairs_each_study_network_with_itself_in_float32():
+    """benchmarks/bf16_gate.toml is what decides a network's CPU default: every network of
+    the study, both precisions, the two questions the speed issue asks of each."""
+    from pathlib import Path
+
+    from cifarlab import study
+    gate = study.load(str(Path(__file__).resolve().parents[1] / "benchmarks" / "bf16_gate.toml"))
+    configs = {v.name: gate.config(v, 0) for v in gate.variants}
+    assert {(c.model, c.precision) for c in configs.values()} == {
+        (m, p) for m in ("simple", "deep", "batchnorm") for p in ("float32", "bf16")}
+    assert all(round(c.fraction * 45_000) >= 10_000 and c.epochs >= 10
+               for c in configs.values())  # the issue's smallest scale
+    asked = {(q.metric, q.variants, q.expect, q.margin) for q in gate.questions}
+    assert asked == {(metric, (f"{m} bf16", f"{m} float32"), "equivalent", margin)
+                     for m in ("simple", "deep", "batchnorm")
+                     for metric, margin in (("test_accuracy", 0.01), ("best_epoch", 2))}
+    assert len(gate.seeds) >= 5
