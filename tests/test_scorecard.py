@@ -96,6 +96,22 @@ def test_an_undecided_question_gets_the_seeds_its_spread_needs_not_its_differenc
                         "noise)")
 
 
+def test_a_time_difference_worth_deciding_grows_with_the_runs_time():
+    """10 s matters between 40-second runs, not between 25-minute ones: the seeds that would
+    decide a time question are counted for a tenth of the compared variant's mean time."""
+    q = ask({"name": "t", "claim": "half the data trains faster", "metric": "train_time_s",
+             "compare": ["worse", "baseline"], "expect": "lower"})
+
+    def timed(times):
+        return Group("g", [run(s, 0.7, time_s=t) for s, t in enumerate(times)], expected=5)
+    for base, target in ((40.0, "10 s"), (1500.0, "150 s")):
+        full = [base * f for f in (1.0, 1.2, 0.8, 1.1, 0.9)]
+        half = [t - d for t, d in zip(full, (1.0, 9.0, -3.0, 2.0, 0.5))]  # within seed noise
+        [a] = scorecard.answer_all(q, {"baseline": timed(full), "worse": timed(half)})
+        assert a.verdict == "undecided" and a.typical == pytest.approx(base)
+        assert f"a difference of {target}" in a.decide, a.decide
+
+
 def test_a_claim_the_data_refute_is_contradicted_and_equivalence_can_fail_outside_the_band():
     qs = ask({"name": "a", "claim": "worse is no worse", "metric": "test_accuracy",
               "compare": ["worse", "baseline"], "expect": "not lower", "margin": 0.01},

@@ -139,8 +139,8 @@ def _rows(results, compare) -> list[tuple]:
             metric = METRICS[a.question.metric]
             target = (f"±{show(a.question.margin, metric, signed=False)}"
                       if a.question.expect == "equivalent"
-                      else show(metric.interest, metric, signed=False))
-            need = seeds_to_decide(a.question, a.spread, a.paired, family) \
+                      else show(metric.interest_at(a.typical), metric, signed=False))
+            need = seeds_to_decide(a.question, a.spread, a.paired, family, a.typical) \
                 if a.spread > 0 else (0 if a.spread == 0 else None)
             out.append((a.question.name, verdict, a.question.variants, need, target,
                         min(len(results.group(v).runs) for v in a.question.variants)))

@@ -50,6 +50,7 @@ class Answer:
     clipped: bool = False  # the interval left the difference's possible range and was cut
     why: str = ""  # why a question is not (yet) decided, in words
     decide: str = ""  # what would decide an undecided one
+    typical: float = math.nan  # the mean of the variant compared against (or tested)
 
 
 def answer_all(questions: list[Question], groups: dict, scaled: bool = False
@@ -98,12 +99,16 @@ def _answer(q: Question, groups: dict) -> Answer:
                               "it is answered once all have, never from fewer seeds")
     sides = [groups[v].values(q.metric) for v in q.variants]
     if len(sides) == 1:
-        return _one_sample(q, np.array(list(sides[0].values()), float) - q.than)
-    a, b = sides
-    shared = sorted(set(a) & set(b))
-    if len(shared) >= 2:
-        return _one_sample(q, np.array([a[s] - b[s] for s in shared], float), paired=True)
-    return _welch(q, np.array(list(a.values()), float), np.array(list(b.values()), float))
+        ans = _one_sample(q, np.array(list(sides[0].values()), float) - q.than)
+    else:
+        a, b = sides
+        shared = sorted(set(a) & set(b))
+        ans = _one_sample(q, np.array([a[s] - b[s] for s in shared], float), paired=True) \
+            if len(shared) >= 2 else \
+            _welch(q, np.array(list(a.values()), float), np.array(list(b.values()), float))
+    if sides[-1]:
+        ans.typical = float(np.mean(list(sides[-1].values())))
+    return ans
 
 
 def _one_sample(q: Question, d: np.ndarray, paired: bool = False) -> Answer:
@@ -189,14 +194,16 @@ def _verdict(a: Answer) -> None:
     a.verdict = "supported" if lo < a.estimate < hi else "contradicted"
 
 
-def seeds_to_decide(q: Question, spread: float, paired: bool, family: int) -> int | None:
+def seeds_to_decide(q: Question, spread: float, paired: bool, family: int,
+                    typical: float = math.nan) -> int | None:
     """Seeds (per variant) that decide `q` at 80% power given `spread`: a true difference
-    the metric's interest away from the claim's boundary, at the strictest Holm threshold
-    of `family` questions; an equivalence claim needs both one-sided tests at 90% power.
-    None without a spread or beyond stats.MAX_SEEDS."""
+    the metric's interest (beside values of about `typical`) away from the claim's boundary,
+    at the strictest Holm threshold of `family` questions; an equivalence claim needs both
+    one-sided tests at 90% power. None without a spread or beyond stats.MAX_SEEDS."""
     if q.expect == "equivalent":
         return stats.seeds_needed(spread, True, q.margin, 2 * stats.ALPHA / family, power=0.9)
-    return stats.seeds_needed(spread, paired, METRICS[q.metric].interest, stats.ALPHA / family)
+    return stats.seeds_needed(spread, paired, METRICS[q.metric].interest_at(typical),
+                              stats.ALPHA / family)
 
 
 def _what_decides(a: Answer, family: int, scaled: bool) -> str:
@@ -207,14 +214,16 @@ def _what_decides(a: Answer, family: int, scaled: bool) -> str:
         return ""
     metric = METRICS[a.question.metric]
     band = show(a.question.margin, metric, signed=False)
+    interest = show(metric.interest_at(a.typical), metric, signed=False)
     if a.question.expect == "equivalent" and a.test.endswith(OUTSIDE):
         # the interval leans out of the band: what decides is showing it outside, not inside
-        need = stats.seeds_needed(a.spread, a.paired, metric.interest, stats.ALPHA / family)
-        target = f"a difference of {show(metric.interest, metric, signed=False)} beyond ±{band}"
+        need = stats.seeds_needed(a.spread, a.paired, metric.interest_at(a.typical),
+                                  stats.ALPHA / family)
+        target = f"a difference of {interest} beyond ±{band}"
     else:
-        need = seeds_to_decide(a.question, a.spread, a.paired, family)
+        need = seeds_to_decide(a.question, a.spread, a.paired, family, a.typical)
         target = (f"equivalence within ±{band}" if a.question.expect == "equivalent" else
-                  f"a difference of {show(metric.interest, metric, signed=False)}")
+                  f"a difference of {interest}")
     scale = ("run the study at full scale (more data and epochs lower the seed noise)"
              if scaled else "more data or epochs per run (lower seed noise)")
     if need is None or need > PRACTICAL_SEEDS:
