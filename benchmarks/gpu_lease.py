@@ -32,9 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "src")]  # the lease's machine has no cifarlab installed
-from keep_runs import keep  # noqa: E402  (a sibling script)
-
 from cifarlab.data import safe_extract  # noqa: E402
+from keep_runs import keep  # noqa: E402  (a sibling script)
 
 PACKED = REPO / ".gpu"  # ignored by git (.git/info/exclude), carried by the device call
 DATA_TAR, STUDY_TAR = "cifar10-jpeg.tar.gz", "seed-gpu.tar.gz"
