@@ -81,7 +81,7 @@ def trained(out: Path) -> tuple[int, list[float]]:
     alike (a short lease stops most runs part-way), and each run's images/s in its epochs."""
     images, per_run = 0, []
     for history in sorted(out.glob("runs/*/seed-*/history.csv")):
-        config = rundir.read_json(history.parent / "config.json") or {}
+        config = rundir.read_json(history.parent / "config.json")
         epochs = rundir.read_history(history)
         per_epoch = (config.get("images") or {}).get("train", 0)
         seconds = sum(float(e.get("epoch_time_s") or 0) for e in epochs)

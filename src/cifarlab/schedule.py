@@ -19,6 +19,7 @@ from . import models, rundir
 from .config import RunConfig
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
+from .progress import duration
 from .questions import Question
 
 
@@ -48,7 +49,6 @@ def closing_order(tasks: list, questions: list[Question], twins: dict[str, str],
     (timed_epochs), also the time by which it closes if every run goes to its epoch cap and
     `jobs` runs train at once, while every network before it has been timed:
     ['... (3 runs, within about 2 h 10 min)', ...]."""
-    from .progress import duration
     position = {t.variant: i for i, t in enumerate(tasks)}  # a variant's last run
     closes = [(max(position.get(twins.get(v, v), -1) for v in q.variants), i, q.name)
               for i, q in enumerate(questions)]  # ties in the study's order
