@@ -78,6 +78,9 @@ def _tar(folder: Path, path: Path, name: str) -> Path:
 
 def unpack(tarball: Path, dest: Path = KEPT) -> list[Path]:
     """Keep the finished runs of a lease's study archive in `dest`; return those new there."""
+    if not Path(tarball).is_file():
+        raise SystemExit(f"{tarball} is not a file; give the seed-gpu.tar.gz a lease returned "
+                         "(under the device call's files_at)")
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
         safe_extract(tar, Path(tmp))
         return keep(Path(tmp) / "seed-gpu", dest)
