@@ -1,0 +1,184 @@
+"""The fast recipe against the published record's own script on this CPU (issue 40, point 5).
+
+    python benchmarks/airbench_cpu.py --script ~/airbench/airbench94_muon.py \\
+        --data ../shared/data/cifar10-jpeg [--pairs 2] [--share 0.6] [--work ~/airbench]
+
+Each pair runs, one after the other on the same machine, (A) airbench94_muon.py's `main` for one
+run of its 8 epochs, and (B) `cifarlab train --recipe fast` with a budget of `--share` of A's
+timed seconds, both on all 50,000 training images, tested on the 10,000 test images. The goal
+holds for a pair when B reaches 0.90 test accuracy in that share of the time A took to reach
+it. Prints one line per run and a JSON line per pair, appended to --results.
+
+The record's file is never copied into this repository: read it from a stored mirror into a
+scratch folder (`--script`). It is imported unchanged; only what a CPU without torchvision
+forces is replaced around it, in this process: the images come from cifarlab's loader as the
+uint8 arrays the script would have saved; the channel normalisation is a 3-line stand-in for
+torchvision's; `torch.compile` is left out; tensors stay on the CPU and in float32 (its
+`.half()` becomes `.float()`), computing under `torch.autocast("cpu", bfloat16)` where the CPU
+has native bf16 (as the fast recipe does there) and in float32 elsewhere; its CUDA-event timer
+reads the wall clock. Everything that decides its accuracy is the record's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from cifarlab import RunConfig, load_cifar10, machine, train_run
+from cifarlab.config import with_recipe
+
+TARGET = 0.90
+
+
+class _Normalize:
+    """torchvision.transforms.Normalize for a batch of images (N, C, H, W)."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.as_tensor(mean).view(-1, 1, 1)
+        self.std = torch.as_tensor(std).view(-1, 1, 1)
+
+    def __call__(self, x):
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class _WallEvent:
+    """torch.cuda.Event(enable_timing=True) on the wall clock: elapsed_time in milliseconds."""
+
+    def __init__(self, enable_timing: bool = False):
+        self.at = 0.0
+
+    def record(self):
+        self.at = time.perf_counter()
+
+    def elapsed_time(self, end: _WallEvent) -> float:
+        return (end.at - self.at) * 1e3
+
+
+def write_data(work: Path, data) -> None:
+    """The script's own cache files (cifar10/{train,test}.pt), so it never asks torchvision."""
+    folder = work / "cifar10"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        torch.save({"images": torch.from_numpy(x), "labels": torch.from_numpy(y),
+                    "classes": list(data.classes)}, folder / f"{name}.pt")
+
+
+@contextlib.contextmanager
+def cpu_shims():
+    """Replace, while the record's code runs, only what needs CUDA or torchvision."""
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.Normalize = _Normalize
+    vision = types.ModuleType("torchvision")
+    vision.transforms = transforms
+    saved = {"compile": torch.compile, "load": torch.load, "half": torch.Tensor.half,
+             "mhalf": torch.nn.Module.half, "event": torch.cuda.Event,
+             "sync": torch.cuda.synchronize}
+    modules = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.transforms")}
+    load = saved["load"]
+    sys.modules.update({"torchvision": vision, "torchvision.transforms": transforms})
+    torch.compile = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)
+    torch.load = lambda *a, **kw: load(*a, **{**kw, "map_location": "cpu"})
+    torch.Tensor.half = lambda self, *a, **kw: self.float()
+    torch.nn.Module.half = lambda self: self
+    torch.cuda.Event = _WallEvent
+    torch.cuda.synchronize = lambda *a, **kw: None
+    try:
+        yield
+    finally:
+        torch.compile, torch.load = saved["compile"], saved["load"]
+        torch.Tensor.half, torch.nn.Module.half = saved["half"], saved["mhalf"]
+        torch.cuda.Event, torch.cuda.synchronize = saved["event"], saved["sync"]
+        for name, mod in modules.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+
+
+def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
+    """One run of the record's `main`: its TTA accuracy, its own timed seconds, the wall's."""
+    rows = []
+    with cpu_shims(), contextlib.chdir(work):
+        spec = importlib.util.spec_from_file_location("airbench_record", script)
+        record = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(record)
+        shown = record.print_training_details
+
+        def keep(variables, is_final_entry):  # its own log line, and the numbers behind it
+            rows.append({k: variables.get(k) for k in ("epoch", "val_acc", "tta_val_acc",
+                                                        "time_seconds")})
+            shown(variables, is_final_entry)
+
+        record.print_training_details = keep
+        torch.manual_seed(seed)
+        model = record.CifarNet().to(memory_format=torch.channels_last)
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+                    else contextlib.nullcontext())
+        start = time.perf_counter()
+        with autocast:
+            accuracy = record.main(seed, model)
+        wall = time.perf_counter() - start
+    return {"who": "airbench94_muon", "seed": seed, "test_accuracy": round(accuracy, 4),
+            "per_epoch": [r["val_acc"] for r in rows if r["epoch"] != "eval"],
+            "timed_s": round(rows[-1]["time_seconds"], 1), "wall_s": round(wall, 1)}
+
+
+def run_cifarlab(data, seconds: float, seed: int) -> dict:
+    """The fast recipe at a budget of `seconds`, all training images, tested once at the end."""
+    settings = {"recipe": "fast", "budget": f"{seconds:.1f}s", "val_split": 0, "seed": seed}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train_run(RunConfig(**with_recipe(settings)), Path(tmp) / "run", data=data,
+                        verbose=False)
+    return {"who": "cifarlab fast", "seed": seed, "budget_s": round(seconds, 1),
+            "test_accuracy": round(run.metrics["test_accuracy"], 4),
+            "timed_s": round(run.metrics["train_time_s"], 1),
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--script", required=True, help="airbench94_muon.py, outside this repo")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--share", type=float, default=0.6,
+                    help="cifarlab's budget as a share of the record's time (the goal: 0.6)")
+    ap.add_argument("--work", default=None, help="scratch folder for the record's data files")
+    ap.add_argument("--results", default="benchmarks/airbench_cpu.jsonl")
+    args = ap.parse_args()
+    script = Path(args.script).expanduser()
+    if not script.is_file():
+        raise SystemExit(f"--script {script} is not a file; read airbench94_muon.py from a "
+                         "stored mirror into a scratch folder and pass its path")
+    data = load_cifar10(args.data)
+    work = Path(args.work or tempfile.mkdtemp(prefix="airbench-")).expanduser()
+    write_data(work, data)
+    bf16 = machine.cpu()["bf16"]
+    print(f"{machine.describe()}; both in {'bf16' if bf16 else 'float32'}", flush=True)
+    for seed in range(args.pairs):  # A then B within a pair: drift hits both alike
+        a = run_record(script, work, seed, bf16)
+        print(json.dumps(a), flush=True)
+        b = run_cifarlab(data, args.share * a["timed_s"], seed)
+        print(json.dumps(b), flush=True)
+        pair = {"seed": seed, "cpu": machine.describe(), "bf16": bf16, "share": args.share,
+                "record": a, "cifarlab": b, "record_reached": a["test_accuracy"] >= TARGET,
+                "goal_met": b["test_accuracy"] >= TARGET and a["test_accuracy"] >= TARGET}
+        with open(args.results, "a") as f:
+            f.write(json.dumps(pair) + "\n")
+        verdict = "met" if pair["goal_met"] else "not met"
+        print(f"pair {seed}: record {a['test_accuracy']:.4f} in {a['timed_s']:.0f} s; "
+              f"cifarlab {b['test_accuracy']:.4f} in {b['timed_s']:.0f} s "
+              f"({b['timed_s'] / a['timed_s']:.2f}x): goal {verdict}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
