@@ -7,7 +7,11 @@ Each pair runs, one after the other on the same machine, (A) airbench94_muon.py'
 run of its 8 epochs, and (B) `cifarlab train --recipe fast` with a budget of `--share` of A's
 timed seconds, both on all 50,000 training images, tested on the 10,000 test images. The goal
 holds for a pair when B reaches 0.90 test accuracy in that share of the time A took to reach
-it. Prints one line per run and a JSON line per pair, appended to --results.
+it. Each side is timed by its own clock: the record's covers its whitening, training and
+final test-time-augmented evaluation but not its per-epoch test passes; cifarlab's
+`train_time_s` covers training and validation between epochs but not the final evaluation.
+Both wall times are printed too. One line per run and a JSON line per pair, appended to
+--results.
 
 The record's file is never copied into this repository: read it from a stored mirror into a
 scratch folder (`--script`). It is imported unchanged; only what a CPU without torchvision
