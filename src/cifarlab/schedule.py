@@ -53,9 +53,13 @@ def closing_order(tasks: list, questions: list[Question], twins: dict[str, str],
     closes = [(max(position.get(twins.get(v, v), -1) for v in q.variants), i, q.name)
               for i, q in enumerate(questions)]  # ties in the study's order
     finished_by = _finished_by(tasks, timed or {}, jobs)
-    return [f"{name} (ready)" if last < 0 else f"{name} ({last + 1} runs)"
+
+    def runs(n: int) -> str:
+        return "1 run" if n == 1 else f"{n} runs"
+
+    return [f"{name} (ready)" if last < 0 else f"{name} ({runs(last + 1)})"
             if finished_by[last] is None else
-            f"{name} ({last + 1} runs, within about {duration(finished_by[last])})"
+            f"{name} ({runs(last + 1)}, within about {duration(finished_by[last])})"
             for last, _, name in sorted(closes)]
 
 
