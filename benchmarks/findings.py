@@ -121,7 +121,7 @@ def figures(out: Path, g: dict) -> None:
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    _per_seed(ax, [simple, deep, es_acc, bn], "overfit_gap", 100)
+    _per_seed(ax, [x for x in (simple, deep, es_acc, bn) if x.runs], "overfit_gap", 100)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(ylabel="train - validation accuracy (points)",
            title="4. over-fitting gap at the kept epoch, per seed")
