@@ -2,17 +2,14 @@
 stand-ins it needs are gone afterwards. The record itself is not in this repository, so a
 stand-in script with the same CUDA and torchvision habits plays it here."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench import script
 
 from cifarlab.data import Dataset
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 # What the record does that a CPU without torchvision cannot: a compiled function, data
 # loaded onto "cuda", fp16 images and layers, CUDA events for its timer.
@@ -59,13 +56,6 @@ def main(run, model):
 '''
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("airbench_cpu", BENCH / "airbench_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _data(n=64):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -74,11 +64,11 @@ def _data(n=64):
 
 
 def test_the_record_runs_on_a_cpu_and_reports_its_own_timer(tmp_path):
-    ab = _module()
-    script = tmp_path / "record.py"
-    script.write_text(RECORD)
+    ab = script("airbench_cpu")
+    record = tmp_path / "record.py"
+    record.write_text(RECORD)
     ab.write_data(tmp_path / "work", _data())
-    row = ab.run_record(script, tmp_path / "work", seed=0, bf16=False)
+    row = ab.run_record(record, tmp_path / "work", seed=0, bf16=False)
     assert row["per_epoch"] == [0.25, 0.5]
     assert 0.05 <= row["timed_s"] < 5          # its CUDA-event timer read the wall clock
     assert row["wall_s"] >= row["timed_s"]
@@ -86,7 +76,7 @@ def test_the_record_runs_on_a_cpu_and_reports_its_own_timer(tmp_path):
 
 
 def test_the_stand_ins_are_gone_once_the_record_has_run(tmp_path):
-    ab = _module()
+    ab = script("airbench_cpu")
     compile_before, event_before = torch.compile, torch.cuda.Event
     had_vision = "torchvision" in sys.modules
     with ab.cpu_shims():
@@ -102,7 +92,7 @@ def test_the_stand_ins_are_gone_once_the_record_has_run(tmp_path):
 
 
 def test_a_missing_record_script_is_one_sentence(tmp_path, monkeypatch):
-    ab = _module()
+    ab = script("airbench_cpu")
     monkeypatch.setattr(sys, "argv", ["airbench_cpu.py", "--script", str(tmp_path / "no.py"),
                                       "--data", str(tmp_path)])
     with pytest.raises(SystemExit) as stop:

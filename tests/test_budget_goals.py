@@ -2,21 +2,15 @@
 only when the runs' time, in the reference machine's seconds, matches the budget, and a
 killed sitting resumes without re-running what it finished."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_goals.py"
+from bench import script
 
 
 @pytest.fixture(scope="module")
 def goals():
-    spec = importlib.util.spec_from_file_location("budget_goals", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("budget_goals")
 
 
 @pytest.mark.parametrize("mean,seeds,used,expected", [

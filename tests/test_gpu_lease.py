@@ -2,24 +2,15 @@
 minutes long and returns at most 8 files, so what it carries, what it packs back and how it
 counts images must work the first time it runs on one."""
 
-import importlib.util
 import json
 import shutil
 import tarfile
 from pathlib import Path
 
+from bench import script
 from test_study import data, toml_study  # noqa: F401  (data is a fixture)
 
 from cifarlab.cli import main
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _image_folder(root: Path) -> Path:
@@ -31,12 +22,12 @@ def _image_folder(root: Path) -> Path:
 
 def test_a_lease_carries_data_and_kept_runs_and_brings_back_only_finished_runs(
         tmp_path, data):  # noqa: F811
-    lease = _script("gpu_lease")
+    lease = script("gpu_lease")
     out = tmp_path / "study"
     assert main(["study", str(toml_study(tmp_path, data, body='[[variant]]\nname = "base"\n',
                                          seeds=2)), "--out", str(out)]) == 0
     kept = tmp_path / "kept"
-    _script("keep_runs").keep(out, kept)
+    script("keep_runs").keep(out, kept)
 
     packed = lease.pack(_image_folder(tmp_path / "jpeg"), kept, tmp_path / "carry")
     assert [p.name for p in packed] == ["cifar10-jpeg.tar.gz", "seed-gpu.tar.gz"]
@@ -63,7 +54,7 @@ def test_a_lease_carries_data_and_kept_runs_and_brings_back_only_finished_runs(
 
 
 def test_packing_a_folder_that_is_not_the_image_data_is_refused_in_one_sentence(tmp_path):
-    lease = _script("gpu_lease")
+    lease = script("gpu_lease")
     try:
         lease.pack(tmp_path, tmp_path / "none", tmp_path / "carry")
     except SystemExit as stop:
@@ -76,7 +67,7 @@ def test_packing_a_folder_that_is_not_the_image_data_is_refused_in_one_sentence(
 def test_the_lease_on_a_machine_without_a_gpu_stops_before_writing(tmp_path, monkeypatch,
                                                                    capsys):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    assert _script("gpu_lease").main(["--seconds", "60"]) == 2
+    assert script("gpu_lease").main(["--seconds", "60"]) == 2
     err = capsys.readouterr().err.strip()
     assert "sees no CUDA GPU" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -94,6 +85,6 @@ def test_the_gpu_study_counts_the_epochs_of_runs_still_in_progress(tmp_path):
                 f"{e},1.0,0.5,1.0,0.5,0.001,32,0.5\n" for e in range(1, epochs + 1)))
         if finished:
             (run / "metrics.json").write_text(json.dumps({"status": "finished"}))
-    images, per_run = _script("gpu_study").trained(tmp_path)
+    images, per_run = script("gpu_study").trained(tmp_path)
     assert images == 5_000
     assert per_run == [2_000.0, 2_000.0]  # 1,000 images an epoch in 0.5 s

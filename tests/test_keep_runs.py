@@ -2,24 +2,19 @@
 whose machine is handed back resumes elsewhere: copied back, those runs are never trained
 again and the scorecard reads the same numbers from them."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
+from bench import script
 from test_study import data, toml_study  # noqa: F401  (data is a fixture)
 
 from cifarlab.cli import main
 from cifarlab.results import collect_study
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keep_runs.py"
-
 
 def _keep_runs():
-    spec = importlib.util.spec_from_file_location("keep_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script("keep_runs")
 
 
 def _accuracies(out: Path) -> dict:
