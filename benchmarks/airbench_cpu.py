@@ -39,6 +39,7 @@ import torch
 
 from cifarlab import RunConfig, load_cifar10, machine, train_run
 from cifarlab.config import with_recipe
+from cifarlab.errors import CifarlabError
 
 TARGET = 0.90
 
@@ -163,7 +164,10 @@ def main() -> None:
     if not script.is_file():
         raise SystemExit(f"--script {script} is not a file; read airbench94_muon.py from a "
                          "stored mirror into a scratch folder and pass its path")
-    data = load_cifar10(args.data)
+    try:
+        data = load_cifar10(args.data)
+    except CifarlabError as e:
+        raise SystemExit(f"--data: {e}") from None
     work = Path(args.work or tempfile.mkdtemp(prefix="airbench-")).expanduser()
     write_data(work, data)
     bf16 = machine.cpu()["bf16"]
