@@ -96,6 +96,34 @@ def test_an_undecided_question_gets_the_seeds_its_spread_needs_not_its_differenc
                         "noise)")
 
 
+def test_a_large_difference_held_back_by_the_adjustment_is_not_read_as_a_tiny_one():
+    """-8 points significant alone but not after Holm over 3 questions: the seeds that would
+    decide the difference seen come first, beside the many a 1-point one would need."""
+    from cifarlab import stats
+    base = [0.70, 0.71, 0.69, 0.72, 0.70]
+    drop = [-0.10, -0.02, -0.15, -0.05, -0.08]
+    accs = {"baseline": base, "worse": [b + d for b, d in zip(base, drop)],
+            "same": ACC["same"]}
+    qs = ask({"name": "a", "claim": "c", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "lower"},
+             {"name": "b", "claim": "c", "metric": "test_accuracy",
+              "compare": ["worse", "baseline"], "expect": "equivalent", "margin": 0.02},
+             {"name": "c", "claim": "c", "metric": "test_accuracy",
+              "compare": ["same", "baseline"], "expect": "higher", "margin": 0.02})
+    a, b, _ = scorecard.answer_all(qs, groups(**accs))
+    sd = np.std(drop, ddof=1)
+    assert a.p_value < 0.05 < a.p_adjusted and a.verdict == b.verdict == "undecided"
+    need = stats.seeds_needed(sd, True, 0.08, 0.05 / 3)
+    assert 5 < need <= 30 < stats.seeds_needed(sd, True, 0.01, 0.05 / 3)
+    assert a.decide == (f"~{need} seeds would show the difference seen (-8 points) if it is "
+                        "the true one; one of 1 point would need more than 30: more data or "
+                        "epochs per run (lower seed noise)")
+    # an equivalence leaning out of its band: the distance seen is from the band's edge
+    need = stats.seeds_needed(sd, True, 0.06, 0.05 / 3)
+    assert b.decide.startswith(f"~{need} seeds would show the difference seen (-8 points)")
+    assert "one of 1 point beyond ±2 points would need more than 30" in b.decide
+
+
 def test_a_time_difference_worth_deciding_grows_with_the_runs_time():
     """10 s matters between 40-second runs, not between 25-minute ones: the seeds that would
     decide a time question are counted for a tenth of the compared variant's mean time."""

@@ -207,31 +207,59 @@ def seeds_to_decide(q: Question, spread: float, paired: bool, family: int,
 
 
 def _what_decides(a: Answer, family: int, scaled: bool) -> str:
-    """Seeds that would decide an undecided question, from the observed spread (never from
-    the observed difference): a true difference the metric's interest away from the
-    claim's boundary, found at 80% power at the strictest Holm threshold."""
+    """Seeds that would decide an undecided question, from the observed spread: a true
+    difference the metric's interest away from the claim's boundary, found at 80% power at
+    the strictest Holm threshold. Where the difference seen is well beyond that interest,
+    the seeds it would need if it were the true one come first, so a large effect held back
+    by few seeds does not read as a tiny one (a planning figure, never a verdict)."""
     if not a.spread > 0 or a.n < 2:
         return ""
     metric = METRICS[a.question.metric]
     band = show(a.question.margin, metric, signed=False)
-    interest = show(metric.interest_at(a.typical), metric, signed=False)
-    if a.question.expect == "equivalent" and a.test.endswith(OUTSIDE):
+    interest = metric.interest_at(a.typical)
+    shown = show(interest, metric, signed=False)
+    outside = a.question.expect == "equivalent" and a.test.endswith(OUTSIDE)
+    if outside:
         # the interval leans out of the band: what decides is showing it outside, not inside
-        need = stats.seeds_needed(a.spread, a.paired, metric.interest_at(a.typical),
-                                  stats.ALPHA / family)
-        target = f"a difference of {interest} beyond ±{band}"
+        need = stats.seeds_needed(a.spread, a.paired, interest, stats.ALPHA / family)
+        target = f"a difference of {shown} beyond ±{band}"
     else:
         need = seeds_to_decide(a.question, a.spread, a.paired, family, a.typical)
         target = (f"equivalence within ±{band}" if a.question.expect == "equivalent" else
-                  f"a difference of {interest}")
+                  f"a difference of {shown}")
     scale = ("run the study at full scale (more data and epochs lower the seed noise)"
              if scaled else "more data or epochs per run (lower seed noise)")
+    seen = _seen(a, family, interest, outside)
     if need is None or need > PRACTICAL_SEEDS:
+        if seen:
+            beyond = f" beyond ±{band}" if outside else ""
+            return f"{seen}; one of {shown}{beyond} would need more than {PRACTICAL_SEEDS}: " \
+                f"{scale}"
         return f"more than {PRACTICAL_SEEDS} seeds would be needed to show {target}: {scale}"
     if need <= a.n:
         return (f"{a.n} seeds would have shown {target} at 80% power, so the true one is "
                 f"likely smaller; a smaller one needs more seeds or {scale}")
-    return f"~{need} seeds would show {target}" + (f", or {scale}" if scaled else "")
+    return (f"{seen}; " if seen else "") + f"~{need} seeds would show {target}" + \
+        (f", or {scale}" if scaled else "")
+
+
+def _seen(a: Answer, family: int, interest: float, outside: bool) -> str:
+    """'~8 seeds would show the difference seen (-10.1 points) if it is the true one', where
+    that difference lies more than the interest beyond the claim's boundary (for an
+    equivalence leaning out, beyond the band's edge) and more seeds than ran would show it."""
+    if a.question.expect == "equivalent" and not outside:
+        return ""
+    lo, hi = a.question.region()
+    edge = (hi if a.estimate > 0 else lo) if outside else (lo if math.isinf(hi) else hi)
+    distance = abs(a.estimate - edge)
+    if not distance > interest:
+        return ""
+    need = stats.seeds_needed(a.spread, a.paired, distance, stats.ALPHA / family)
+    if need is None or need > PRACTICAL_SEEDS or need <= a.n:
+        return ""
+    metric = METRICS[a.question.metric]
+    return f"~{need} seeds would show the difference seen ({show(a.estimate, metric)}) " \
+           "if it is the true one"
 
 
 # --------------------------------------------------------------------------- showing
