@@ -185,10 +185,12 @@ def test_an_interrupted_budgeted_study_continues_its_plan_and_grows(study_file, 
     while time.time() < deadline and proc.poll() is None and \
             not (out.exists() and len(_finished(out)) >= 2):
         time.sleep(0.2)
-    for _ in range(5):  # a Ctrl-C that lands in a run's last evaluation stops nothing yet
+    # a Ctrl-C that lands in a run's last evaluation stops nothing yet, so it is sent again;
+    # not too soon: one that lands while a loaded machine is still exiting kills it instead
+    for _ in range(5):
         proc.send_signal(signal.SIGINT)
         try:
-            printed, err = proc.communicate(timeout=15)
+            printed, err = proc.communicate(timeout=45)
             break
         except subprocess.TimeoutExpired:
             continue
