@@ -91,3 +91,63 @@ def test_hours_left_read_as_hours(monkeypatch):
     clock[0] += 100.0
     shown.epoch("r", 1, 100)
     assert shown.eta() == "2 h 45 min"  # 99 epochs of 100 s
+
+
+def test_runs_that_stop_early_are_expected_to_stop_where_their_variant_stopped(
+        monkeypatch, capsys):
+    """Counted to their caps, the seed study's early-stopping runs read 6 hours left where 2
+    were: once a variant's runs have stopped, its others are expected near their mean."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    keys = ["es 0", "es 1", "es 2"]
+    shown = StudyProgress(3, 0, {k: (50, 1.0) for k in keys}, live=False,
+                          early={k: ("es", 50) for k in keys})
+    shown.start("es 0")
+    for e in range(1, 11):
+        clock[0] += 1.0
+        shown.epoch("es 0", e, 50)
+    assert shown.left() == "up to 2 min left"  # 40 + 50 + 50 epochs at 1 s: a bound
+    for e in range(11, 21):
+        clock[0] += 1.0
+        shown.epoch("es 0", e, 50)
+    shown.finish("es 0", {"test_accuracy": 0.7, "epochs_run": 20, "train_time_s": 20})
+    assert capsys.readouterr().out.endswith("2 waiting, about 40 s left\n")  # 20 + 20
+    # a resumed run that trained 20 epochs before, its variant stopped at 22 and 24 so far
+    resumed = StudyProgress(1, 4, {"es 4": (30, 1.0)}, live=False,
+                            early={"es 4": ("es", 50)}, stopped={"es": [22, 24]})
+    resumed.start("es 4")
+    clock[0] += 1.0
+    resumed.epoch("es 4", 21, 50)
+    assert resumed.left() == "about 2 s left"  # 23 - 21
+    for e in range(22, 26):
+        clock[0] += 1.0
+        resumed.epoch("es 4", e, 50)
+    assert resumed.left() == "about 1 s left"  # past the mean: at least its next epoch
+    plain = StudyProgress(1, 0, {"r": (50, 1.0)}, live=False, stopped={"es": [20]})
+    plain.start("r")
+    clock[0] += 1.0
+    plain.epoch("r", 1, 50)
+    assert plain.left() == "about 49 s left"  # no early stopping: to its cap, no "up to"
+
+
+def test_a_resumed_study_reads_how_far_its_early_stopping_runs_went(tmp_path):
+    from types import SimpleNamespace
+
+    from cifarlab import rundir, schedule
+
+    def task(variant, seed, early, metrics=None):
+        path = tmp_path / variant / f"seed-{seed}"
+        path.mkdir(parents=True)
+        if metrics is not None:
+            rundir.write_json(path / "metrics.json", metrics)
+        return SimpleNamespace(variant=variant, path=path,
+                               cfg=SimpleNamespace(early_stopping=early))
+    tasks = [task("es", 0, "val_accuracy:10", {"status": "finished", "epochs_run": 20}),
+             task("es", 1, "val_accuracy:10", {"status": "finished", "epochs_run": 23}),
+             task("es", 2, "val_accuracy:10"),  # not finished yet
+             task("es", 3, "val_accuracy:10", {"status": "running", "epochs_run": 5}),
+             task("plain", 0, None, {"status": "finished", "epochs_run": 35})]
+    (tasks[2].path / "metrics.json").parent.mkdir(exist_ok=True)
+    assert schedule.stopped_epochs(tasks) == {"es": [20, 23]}
+    (tasks[0].path / "metrics.json").write_text("{ damaged")
+    assert schedule.stopped_epochs(tasks) == {"es": [23]}

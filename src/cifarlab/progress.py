@@ -53,7 +53,9 @@ class StudyProgress:
 
     def __init__(self, total: int, skipped: int, work: dict[str, tuple[int, float]],
                  live: bool, enabled: bool = True, kinds: dict[str, str] | None = None,
-                 timed: dict[str, list[float]] | None = None):
+                 timed: dict[str, list[float]] | None = None,
+                 early: dict[str, tuple[str, int]] | None = None,
+                 stopped: dict[str, list[int]] | None = None):
         """`work`: each run to train -> (its epochs left, the cost of one of its epochs, in
         any unit: schedule.epoch_cost). The time left follows the work left, not the
         epochs: a study's epochs differ in cost ten times and more (a tenth of the data, a
@@ -65,7 +67,13 @@ class StudyProgress:
         timed, its work is weighed by its own measured seconds per unit.
 
         `timed`: network -> [seconds, units] its epochs took before this session
-        (schedule.timed_epochs), so a resumed study weighs its networks from the start."""
+        (schedule.timed_epochs), so a resumed study weighs its networks from the start.
+
+        `early`: each run that stops early -> (its variant, its epoch cap); `stopped`: each
+        variant -> the epochs its finished runs trained (schedule.stopped_epochs). Once a
+        variant's runs have stopped early, its others are expected to stop near their mean:
+        counted to their caps, the seed study's early-stopping runs read 6 hours left where
+        2 were. Until then a run goes to its cap and the time left is said as "up to"."""
         self.total, self.skipped, self.enabled, self.live = total, skipped, enabled, live
         self.done = skipped
         self.running: dict[str, str] = {}
@@ -75,11 +83,10 @@ class StudyProgress:
         self.started = time.perf_counter()
         self.bar = None
         self._seen: dict[str, int] = {}  # epochs each run trained in this session
-        self._left: dict[str, float] = {}  # each network's work still planned, and done
-        self._done: dict[str, float] = {}
-        for key, (left, cost) in work.items():
-            kind = self.kinds.get(key, "")
-            self._left[kind] = self._left.get(kind, 0.0) + left * cost
+        self._done: dict[str, float] = {}  # each network's work done in this session
+        self._ended: set[str] = set()
+        self.early = early or {}
+        self.stopped = {k: list(v) for k, v in (stopped or {}).items()}
         # network -> [seconds, units] of timed epochs, this session's added to earlier ones
         self._timed: dict[str, list[float]] = {k: list(v) for k, v in (timed or {}).items()}
         self._last: dict[str, float] = {}  # each running run's last start or epoch
@@ -91,7 +98,32 @@ class StudyProgress:
 
     @property
     def work_planned(self) -> float:
-        return sum(self._left.values()) + self.work_done
+        return sum(self._work_left().values()) + self.work_done
+
+    def _epochs_left(self, key: str) -> float:
+        """Epochs `key` is still expected to train: to its cap, or for a run that stops early
+        once runs of its variant have stopped, to their mean (one at least while unfinished)."""
+        left, seen = self.work[key][0], self._seen.get(key, 0)
+        to_cap = max(left - seen, 0)
+        variant, cap = self.early.get(key, ("", 0))
+        if not self.stopped.get(variant):
+            return to_cap
+        mean = sum(self.stopped[variant]) / len(self.stopped[variant])
+        return min(to_cap, max(mean - (cap - left) - seen, 1.0))
+
+    def _work_left(self) -> dict[str, float]:
+        """Each network's work still expected, in cost units."""
+        out: dict[str, float] = {}
+        for key, (_, cost) in self.work.items():
+            if key not in self._ended:
+                kind = self.kinds.get(key, "")
+                out[kind] = out.get(kind, 0.0) + self._epochs_left(key) * cost
+        return out
+
+    def _bounded(self) -> bool:
+        """Some run still to end may stop early, and nothing yet says when."""
+        return any(key not in self._ended and not self.stopped.get(variant)
+                   for key, (variant, _) in self.early.items())
 
     def begin(self, out: Path) -> None:
         if not self.enabled:
@@ -115,9 +147,16 @@ class StudyProgress:
     def eta(self) -> str:
         if not self.work_done:
             return "unknown"
-        seconds = (time.perf_counter() - self.started) * self._weighed(self._left) / \
+        seconds = (time.perf_counter() - self.started) * self._weighed(self._work_left()) / \
             self._weighed(self._done)
         return duration(seconds)
+
+    def left(self) -> str:
+        """'about 2 h 10 min left', or 'up to 6 h left' while runs that may stop early are
+        counted to their caps."""
+        eta = self.eta()
+        return f"up to {eta} left" if self._bounded() and eta != "unknown" else \
+            f"about {eta} left"
 
     def _weighed(self, work: dict[str, float]) -> float:
         """Work per network, each weighed by its measured seconds per unit against all timed
@@ -148,7 +187,6 @@ class StudyProgress:
         self._seen[key] = self._seen.get(key, 0) + 1
         cost, kind = self.work.get(key, (0, 0.0))[1], self.kinds.get(key, "")
         self._done[kind] = self._done.get(kind, 0.0) + cost
-        self._left[kind] = self._left.get(kind, 0.0) - cost
         now = time.perf_counter()
         if self._seen[key] > 1 and cost:  # a run's first epoch also pays its start-up
             timed = self._timed.setdefault(kind, [0.0, 0.0])
@@ -161,30 +199,30 @@ class StudyProgress:
         elif self.enabled and now - self._said >= self.HEARTBEAT_S:
             self._print(f"{time.strftime('%H:%M')} {self.done}/{self.total} done; running: "
                         + ", ".join(f"{k} {v}" for k, v in self.running.items())
-                        + f"; {self.waiting()} waiting, about {self.eta()} left")
+                        + f"; {self.waiting()} waiting, {self.left()}")
 
     def _end(self, key: str) -> None:
         """A run ended (finished, stopped early or failed): what it left untrained is no
         longer to come."""
         self.running.pop(key, None)
         self.done += 1
-        left, cost = self.work.get(key, (0, 0.0))
-        unused = max(0, left - self._seen.pop(key, 0))
+        left = self.work.get(key, (0, 0.0))[0]
+        self.planned -= max(0, left - self._seen.get(key, 0))
+        self._ended.add(key)
         self._last.pop(key, None)
-        self.planned -= unused
-        kind = self.kinds.get(key, "")
-        self._left[kind] = self._left.get(kind, 0.0) - unused * cost
         if self.bar is not None:
             self.bar.total = self.planned
         self._describe()
 
     def finish(self, key: str, metrics: dict) -> None:
         self._end(key)
+        if key in self.early and metrics.get("epochs_run"):
+            self.stopped.setdefault(self.early[key][0], []).append(int(metrics["epochs_run"]))
         if self.enabled:
             self._print(f"[{self.done}/{self.total}] {key}: test accuracy "
                         f"{metrics['test_accuracy']:.4f} after {metrics['epochs_run']} epochs "
                         f"({metrics['train_time_s']:.0f} s); {len(self.running)} running, "
-                        f"{self.waiting()} waiting, about {self.eta()} left")
+                        f"{self.waiting()} waiting, {self.left()}")
 
     def fail(self, key: str, message: str) -> None:
         self._end(key)

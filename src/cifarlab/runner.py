@@ -190,7 +190,10 @@ def _run_locked(study: Study, out: Path, jobs: int, verbose: bool, tasks: list[T
     timed = schedule.timed_epochs(tasks)  # this folder's runs so far, finished or begun
     progress = StudyProgress(len(tasks), len(tasks) - len(todo), work,
                              live=verbose and live, enabled=verbose,
-                             kinds={t.key: t.cfg.model for t in todo}, timed=timed)
+                             kinds={t.key: t.cfg.model for t in todo}, timed=timed,
+                             early={t.key: (t.variant, t.cfg.epochs) for t in todo
+                                    if t.cfg.early_stopping},
+                             stopped=schedule.stopped_epochs(tasks))
     progress.begin(out)
     if not todo:
         return []

@@ -106,6 +106,23 @@ def timed_epochs(tasks: list) -> dict[str, list[float]]:
     return timed
 
 
+def stopped_epochs(tasks: list) -> dict[str, list[int]]:
+    """Each early-stopping variant -> the epochs its finished runs trained (metrics.json), so
+    a resumed study expects its other runs to stop near them (progress.StudyProgress)."""
+    out: dict[str, list[int]] = {}
+    for t in tasks:
+        if not t.cfg.early_stopping:
+            continue
+        try:
+            epochs = rundir.is_finished(t.path) and \
+                rundir.read_json(t.path / "metrics.json").get("epochs_run")
+        except CifarlabError:  # damaged: the study itself says so
+            continue
+        if epochs:
+            out.setdefault(t.variant, []).append(int(epochs))
+    return out
+
+
 def _finished_by(tasks: list, timed: dict[str, list[float]], jobs: int) -> list[float | None]:
     """Seconds from now until each of `tasks` is done, their epoch caps trained at the timed
     paces by `jobs` runs at once; None from the first run of a network not timed yet (its
