@@ -231,6 +231,11 @@ def test_an_undecided_answer_the_waiting_questions_hold_back_says_so_and_which_w
                                 "counts the 7 questions still waiting at p = 1); else ")
     # it leans out of the band, so more seeds would show a difference beyond it
     assert "beyond ±2 points" in eq.decide and "equivalence" not in eq.decide
+    # one question waiting, said as one (beside one answered far from a verdict)
+    level = ask({"name": "v", "claim": "c", "metric": "test_accuracy", "variant": "all",
+                 "expect": "higher", "than": 0.738}, names=("all", "half", "late"))
+    eq, _, _ = scorecard.answer_all(qs[:2] + level, g)
+    assert "(the adjustment counts the 1 question still waiting at p = 1)" in eq.decide
 
 
 def test_metrics_are_read_from_the_history_by_one_definition():

@@ -73,8 +73,9 @@ def answer_all(questions: list[Question], groups: dict, scaled: bool = False
             a.decide = _what_decides(a, family, scaled)
             if waiting and a.p_value < stats.ALPHA:
                 # Holm counts the waiting questions at p = 1; answered, they may lower its bar
+                held = "1 question" if len(waiting) == 1 else f"{len(waiting)} questions"
                 a.decide = (f"the study's unfinished runs may decide it (the adjustment "
-                            f"counts the {len(waiting)} questions still waiting at p = 1)"
+                            f"counts the {held} still waiting at p = 1)"
                             + (f"; else {a.decide}" if a.decide else ""))
     return answers
 
