@@ -120,7 +120,19 @@ def test_a_large_difference_held_back_by_the_adjustment_is_not_read_as_a_tiny_on
                         "epochs per run (lower seed noise)")
     # an equivalence leaning out of its band: the distance seen is from the band's edge
     need = stats.seeds_needed(sd, True, 0.06, 0.05 / 3)
-    assert b.decide.startswith(f"~{need} seeds would show the difference seen (-8 points)")
+    assert b.decide.startswith(f"~{need} seeds would show the difference seen (-8 points, 6 "
+                               "points beyond ±2 points)")
+    # a claim whose boundary is off zero says how far from it the difference seen lies
+    c = scorecard.answer_all(ask({"name": "m", "claim": "c", "metric": "test_accuracy",
+                                  "compare": ["worse", "baseline"], "expect": "lower",
+                                  "margin": 0.02},
+                                 {"name": "b", "claim": "c", "metric": "test_accuracy",
+                                  "compare": ["same", "baseline"], "expect": "higher"},
+                                 {"name": "c", "claim": "c", "metric": "test_accuracy",
+                                  "compare": ["same", "baseline"], "expect": "higher",
+                                  "margin": 0.02}), groups(**accs))[0]
+    assert c.decide.startswith("~") and "seeds would show the difference seen (-8 points, 6 " \
+        "points from the claim's boundary of -2 points) if it is the true one" in c.decide
     assert "one of 1 point beyond ±2 points would need more than 30" in b.decide
 
 

@@ -259,8 +259,13 @@ def _seen(a: Answer, family: int, interest: float, outside: bool) -> str:
     if need is None or need > PRACTICAL_SEEDS or need <= a.n:
         return ""
     metric = METRICS[a.question.metric]
-    return f"~{need} seeds would show the difference seen ({show(a.estimate, metric)}) " \
-           "if it is the true one"
+    what = show(a.estimate, metric)
+    far = show(distance, metric, signed=False)
+    if outside:
+        what += f", {far} beyond ±{show(a.question.margin, metric, signed=False)}"
+    elif edge:  # a claim's boundary off zero: the distance is what the seeds must show
+        what += f", {far} from the claim's boundary of {show(edge, metric)}"
+    return f"~{need} seeds would show the difference seen ({what}) if it is the true one"
 
 
 # --------------------------------------------------------------------------- showing
