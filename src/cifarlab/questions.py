@@ -91,6 +91,11 @@ def unit_name(metric: Metric, value: float | None = None) -> str:
     return "" if metric.unit == "loss" else metric.unit
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def show(value: float, metric: Metric, signed: bool = True) -> str:
     """A value with its unit: '+1.0 point', '-3.2 points', '12 s'."""
     if value == 0:

@@ -20,7 +20,7 @@ from .config import RunConfig
 from .data import IMAGE_SIZE
 from .errors import CifarlabError
 from .progress import duration
-from .questions import Question
+from .questions import Question, counted
 
 
 def answers_first(tasks: list, questions: list[Question], twins: dict[str, str]) -> list:
@@ -53,13 +53,9 @@ def closing_order(tasks: list, questions: list[Question], twins: dict[str, str],
     closes = [(max(position.get(twins.get(v, v), -1) for v in q.variants), i, q.name)
               for i, q in enumerate(questions)]  # ties in the study's order
     finished_by = _finished_by(tasks, timed or {}, jobs)
-
-    def runs(n: int) -> str:
-        return "1 run" if n == 1 else f"{n} runs"
-
-    return [f"{name} (ready)" if last < 0 else f"{name} ({runs(last + 1)})"
+    return [f"{name} (ready)" if last < 0 else f"{name} ({counted(last + 1, 'run')})"
             if finished_by[last] is None else
-            f"{name} ({runs(last + 1)}, within about {duration(finished_by[last])})"
+            f"{name} ({counted(last + 1, 'run')}, within about {duration(finished_by[last])})"
             for last, _, name in sorted(closes)]
 
 
@@ -113,11 +109,12 @@ def stopped_epochs(tasks: list) -> dict[str, list[int]]:
     for t in tasks:
         if not t.cfg.early_stopping:
             continue
+        metrics = t.path / "metrics.json"
         try:
-            epochs = rundir.is_finished(t.path) and \
-                rundir.read_json(t.path / "metrics.json").get("epochs_run")
+            m = rundir.read_json(metrics) if metrics.is_file() else {}
         except CifarlabError:  # damaged: the study itself says so
             continue
+        epochs = m.get("epochs_run") if m.get("status") == "finished" else None
         if epochs:
             out.setdefault(t.variant, []).append(int(epochs))
     return out

@@ -28,7 +28,7 @@ from scipy import stats as st
 
 from . import stats
 from .measures import METRICS
-from .questions import Question, number, show, unit_name
+from .questions import Question, counted, number, show, unit_name
 
 PRACTICAL_SEEDS = stats.PRACTICAL_SEEDS
 OUTSIDE = "outside the band, one-sided"  # the test an equivalence leaning out of its band took
@@ -73,9 +73,9 @@ def answer_all(questions: list[Question], groups: dict, scaled: bool = False
             a.decide = _what_decides(a, family, scaled)
             if waiting and a.p_value < stats.ALPHA:
                 # Holm counts the waiting questions at p = 1; answered, they may lower its bar
-                held = "1 question" if len(waiting) == 1 else f"{len(waiting)} questions"
                 a.decide = (f"the study's unfinished runs may decide it (the adjustment "
-                            f"counts the {held} still waiting at p = 1)"
+                            f"counts the {counted(len(waiting), 'question')} still waiting at "
+                            "p = 1)"
                             + (f"; else {a.decide}" if a.decide else ""))
     return answers
 
@@ -173,8 +173,13 @@ def _test(ans: Answer, p_at) -> None:
         ans.p_value = min(supported, outside)
         ans.test += "; TOST" if supported <= outside else f"; {OUTSIDE}"
         return
-    bound = lo if math.isinf(hi) else hi
-    ans.p_value = p_at(bound, "two-sided")
+    ans.p_value = p_at(_boundary(ans.question), "two-sided")
+
+
+def _boundary(q: Question) -> float:
+    """The one boundary of a one-sided claim ('lower' than -margin, 'higher' than +margin...)."""
+    lo, hi = q.region()
+    return lo if math.isinf(hi) else hi
 
 
 def _too_few(ans: Answer) -> Answer:
@@ -250,8 +255,8 @@ def _seen(a: Answer, family: int, interest: float, outside: bool) -> str:
     equivalence leaning out, beyond the band's edge) and more seeds than ran would show it."""
     if a.question.expect == "equivalent" and not outside:
         return ""
-    lo, hi = a.question.region()
-    edge = (hi if a.estimate > 0 else lo) if outside else (lo if math.isinf(hi) else hi)
+    margin = a.question.margin
+    edge = (margin if a.estimate > 0 else -margin) if outside else _boundary(a.question)
     distance = abs(a.estimate - edge)
     if not distance > interest:
         return ""
@@ -309,7 +314,7 @@ def summary(answers: list[Answer]) -> str:
         counts[a.verdict] = counts.get(a.verdict, 0) + 1
     order = ("supported", "contradicted", "undecided", "not yet answered", "cannot be answered")
     parts = [f"{counts[k]} {k}" for k in order if k in counts]
-    asks = f"{len(answers)} question" + ("s" if len(answers) != 1 else "")
+    asks = counted(len(answers), "question")
     waiting = " and those still waiting for runs" if "not yet answered" in counts else ""
     return f"The study asks {asks}: {', '.join(parts)} (a verdict needs a p-value below 0.05 " \
            f"after Holm's adjustment over the questions answered{waiting})."
