@@ -13,12 +13,12 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from cifarlab import scorecard
+from cifarlab import report, scorecard
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.measures import measure
 from cifarlab.questions import parse
-from cifarlab.results import Group, Run
+from cifarlab.results import Group, Results, Run
 from cifarlab.study import load
 
 ACC = {"baseline": [0.700, 0.712, 0.695, 0.705, 0.708],
@@ -373,3 +373,23 @@ def test_an_interval_wider_than_the_metric_allows_is_cut_and_marked():
     assert raw.low < -1 and raw.high > 1
     assert (a.ci_low, a.ci_high, a.clipped) == (-1.0, 1.0, True)
     assert scorecard.cells(a)[2] == "+26.7 [-100.0, +100.0]* points"
+
+
+def test_a_scorecard_with_every_question_decided_shows_no_empty_last_column():
+    decided = {"name": "worse", "claim": "worse loses more than a point",
+               "metric": "test_accuracy", "compare": ["worse", "baseline"], "expect": "lower",
+               "margin": 0.01}
+    open_one = {"name": "same", "claim": "same is better", "metric": "test_accuracy",
+                "compare": ["same", "baseline"], "expect": "higher"}
+    g = groups(**ACC)
+    for qs, shown in ((ask(decided), False), (ask(decided, open_one), True)):
+        answers = scorecard.answer_all(qs, g)
+        md = scorecard.markdown(answers)
+        assert ("why / what would decide it" in md) is shown
+        rows = [line for line in md.splitlines() if not line.startswith("|---")]
+        assert {row.count(" | ") for row in rows} == {len(scorecard.HEAD) - 2 + shown}
+        page = report._html_scorecard(Results("t", list(g.values()), "baseline", {},
+                                              questions=qs))
+        assert ("why / what would decide it" in page) is shown
+        assert page.count("<th>") == len(scorecard.HEAD) - 1 + shown
+        assert page.count("<td") == len(answers) * (len(scorecard.HEAD) - 1 + shown)

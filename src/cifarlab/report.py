@@ -227,15 +227,16 @@ def _html_scorecard(results: Results) -> str:
         return ""
     e = html.escape
     answers = results.answers()
-    head = "".join(f"<th>{e(h)}</th>" for h in scorecard.HEAD)
+    names, table = scorecard.table(answers)
+    head = "".join(f"<th>{e(h)}</th>" for h in names)
     rows = []
-    for a in answers:
+    for a, cells in zip(answers, table):
         cls = {"supported": "better", "contradicted": "worse"}.get(a.verdict, "open")
-        cells = scorecard.cells(a)
         tds = [f"<td title=\"{e(a.question.claim)}\"><b>{e(cells[0])}</b><br>"
                f"<span class=\"claim\">{e(a.question.claim)}</span></td>"]
         tds += [f"<td>{e(c)}</td>" for c in cells[1:6]]
-        tds += [f'<td class="{cls}">{e(cells[6])}</td>', f"<td>{e(cells[7])}</td>"]
+        tds += [f'<td class="{cls}">{e(cells[6])}</td>']
+        tds += [f"<td>{e(c)}</td>" for c in cells[7:]]
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<h2>Scorecard</h2><p class="lead">{e(scorecard.summary(answers))}</p>'
             f'<table id="scorecard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'

@@ -296,14 +296,24 @@ def cells(a: Answer) -> list[str]:
     return [a.question.name, a.question.describe(), est, a.test, p, p_adj, a.verdict, note]
 
 
+def table(answers: list[Answer]) -> tuple[list[str], list[list[str]]]:
+    """The scorecard's header and rows as text. Once every question is decided the last
+    column ("why / what would decide it") would be empty, so it is left out."""
+    rows = [cells(a) for a in answers]
+    if any(row[-1] for row in rows):
+        return HEAD, rows
+    return HEAD[:-1], [row[:-1] for row in rows]
+
+
 def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def markdown(answers: list[Answer]) -> str:
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    for a in answers:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(a)) + " |")
+    head, rows = table(answers)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     return "\n".join(lines)
 
 
