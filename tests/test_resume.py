@@ -169,6 +169,22 @@ def test_a_second_process_on_the_same_run_folder_is_refused(dataset, tmp_path):
     assert rundir.is_finished(out) and not (out / ".lock").exists()
 
 
+def test_a_ctrl_c_after_training_ends_keeps_the_finished_run_and_still_stops(dataset, tmp_path):
+    # Pressed while the last epoch is being saved or the test set evaluated: nothing is left
+    # to abandon, so the run finishes and is saved, and then the interrupt goes on; a study
+    # stops after that run instead of losing the Ctrl-C and training the next.
+    cfg = config(epochs=2)
+
+    def ctrl_c_at_the_end(row):
+        if row["epoch"] == cfg.epochs:
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "run", data=dataset, verbose=False,
+                  on_epoch_end=ctrl_c_at_the_end)
+    assert rundir.is_finished(tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/cifarlab-pwned",))

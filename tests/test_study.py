@@ -1,5 +1,7 @@
 import json
+import os
 import shlex
+import signal
 
 import pytest
 import torch
@@ -199,6 +201,25 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, data,
     for folder, weights in finished.items():
         assert (folder / "model.safetensors").read_bytes() == weights
     assert len(collect_study(out).groups[0].runs) == 2 and not collect_study(out).unfinished
+
+
+def test_a_ctrl_c_in_a_runs_last_evaluation_stops_the_study_after_that_run(tmp_path, data,
+                                                                          monkeypatch):
+    # One Ctrl-C while the first run evaluates its test set: that run is kept, no other
+    # starts (before, the run's own handler swallowed it and the study trained the rest).
+    path = toml_study(tmp_path, data)
+    out = tmp_path / "out"
+    real = runner.train_run
+
+    def ctrl_c_while_evaluating(cfg, run_path, **kwargs):
+        def at_the_end(row):
+            if row["epoch"] == cfg.epochs:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, run_path, **{**kwargs, "on_epoch_end": at_the_end})
+    monkeypatch.setattr(runner, "train_run", ctrl_c_while_evaluating)
+    assert main(["study", str(path), "--out", str(out)]) == 130
+    assert len(list(out.glob("runs/*/seed-*/metrics.json"))) == 1
+    assert len(list(out.glob("runs/*/seed-*"))) == 1
 
 
 def test_rerunning_a_changed_study_into_the_same_folder_is_refused(tmp_path, data, capsys):

@@ -201,6 +201,9 @@ def _train(cfg, out, data, verbose, on_epoch_end, labels, resume, state, track, 
             view.finish(metrics, out)
     if verbose:
         print(summary_text(metrics, out), flush=True)
+    late = signalled()
+    if late:  # asked to stop while evaluating or writing: this run is done; stop what follows
+        signal.raise_signal(late)
     return RunResult(out, cfg, net, result, ev, metrics)
 
 
@@ -314,7 +317,9 @@ def _write_config(out, cfg, net, dataset, labels, train, val, test, group=None,
 def _graceful_signals():
     """The first SIGINT or SIGTERM asks training to stop between two steps (the epoch in
     progress is abandoned; every finished epoch is already checkpointed). A second one acts
-    at once: every file on disk is written atomically, so nothing is left half-written."""
+    at once: every file on disk is written atomically, so nothing is left half-written. One
+    that comes after training has ended is raised again once the run is saved (train_run),
+    so a study stops after that run instead of losing the Ctrl-C."""
     requested = [0]
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
