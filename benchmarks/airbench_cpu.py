@@ -112,6 +112,8 @@ def cpu_shims():
 def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
     """One run of the record's `main`: its TTA accuracy, its own timed seconds, the wall's."""
     rows = []
+    argv0 = sys.argv[0]
+    sys.argv[0] = str(Path(script).resolve())  # as when run itself: it logs its own source
     with cpu_shims(), contextlib.chdir(work):
         spec = importlib.util.spec_from_file_location("airbench_record", script)
         record = importlib.util.module_from_spec(spec)
@@ -132,6 +134,7 @@ def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
         with autocast:
             accuracy = record.main(seed, model)
         wall = time.perf_counter() - start
+    sys.argv[0] = argv0
     return {"who": "airbench94_muon", "seed": seed, "test_accuracy": round(accuracy, 4),
             "per_epoch": [r["val_acc"] for r in rows if r["epoch"] != "eval"],
             "timed_s": round(rows[-1]["time_seconds"], 1), "wall_s": round(wall, 1)}
