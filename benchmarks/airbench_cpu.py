@@ -72,8 +72,15 @@ def write_data(work: Path, data) -> None:
     """The script's own cache files (cifar10/{train,test}.pt), so it never asks torchvision."""
     folder = work / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
-        torch.save({"images": torch.from_numpy(x), "labels": torch.from_numpy(y),
+    # In a shuffled order, as the official files hold them: the record whitens from its first
+    # 5,000 training images, which in this copy's class-sorted order would all be airplanes.
+    order = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))
+    for name, x, y, pick in (("train", data.train_x, data.train_y, order),
+                             ("test", data.test_x, data.test_y, None)):
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if pick is not None:
+            x, y = x[pick], y[pick]
+        torch.save({"images": x, "labels": y,
                     "classes": list(data.classes)}, folder / f"{name}.pt")
 
 
@@ -126,6 +133,15 @@ def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
             shown(variables, is_final_entry)
 
         record.print_training_details = keep
+        # Its whitening is float32 on a GPU (the covariance of .float() patches, no autocast);
+        # under the CPU's bf16 autocast its matmul would round to bf16 and eigh could see
+        # negative eigenvalues (NaN weights, chance accuracy), so it stays float32 here too.
+        init = getattr(record.CifarNet, "init_whiten", None)
+        if init is not None:
+            def init_whiten_float32(self, *a, **kw):
+                with torch.autocast("cpu", enabled=False):
+                    return init(self, *a, **kw)
+            record.CifarNet.init_whiten = init_whiten_float32
         torch.manual_seed(seed)
         model = record.CifarNet().to(memory_format=torch.channels_last)
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
