@@ -85,15 +85,16 @@ def write_data(work: Path, data) -> None:
 
 
 @contextlib.contextmanager
-def cpu_shims():
-    """Replace, while the record's code runs, only what needs CUDA or torchvision."""
+def cpu_shims(script: Path | None = None):
+    """Replace, while the record's code runs, only what needs CUDA or torchvision; and give
+    it its own path as sys.argv[0], as when it runs itself (it logs its own source)."""
     transforms = types.ModuleType("torchvision.transforms")
     transforms.Normalize = _Normalize
     vision = types.ModuleType("torchvision")
     vision.transforms = transforms
     saved = {"compile": torch.compile, "load": torch.load, "half": torch.Tensor.half,
              "mhalf": torch.nn.Module.half, "event": torch.cuda.Event,
-             "sync": torch.cuda.synchronize}
+             "sync": torch.cuda.synchronize, "argv0": sys.argv[0]}
     modules = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.transforms")}
     load = saved["load"]
     sys.modules.update({"torchvision": vision, "torchvision.transforms": transforms})
@@ -103,12 +104,15 @@ def cpu_shims():
     torch.nn.Module.half = lambda self: self
     torch.cuda.Event = _WallEvent
     torch.cuda.synchronize = lambda *a, **kw: None
+    if script is not None:
+        sys.argv[0] = str(Path(script).resolve())
     try:
         yield
     finally:
         torch.compile, torch.load = saved["compile"], saved["load"]
         torch.Tensor.half, torch.nn.Module.half = saved["half"], saved["mhalf"]
         torch.cuda.Event, torch.cuda.synchronize = saved["event"], saved["sync"]
+        sys.argv[0] = saved["argv0"]
         for name, mod in modules.items():
             if mod is None:
                 sys.modules.pop(name, None)
@@ -119,9 +123,7 @@ def cpu_shims():
 def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
     """One run of the record's `main`: its TTA accuracy, its own timed seconds, the wall's."""
     rows = []
-    argv0 = sys.argv[0]
-    sys.argv[0] = str(Path(script).resolve())  # as when run itself: it logs its own source
-    with cpu_shims(), contextlib.chdir(work):
+    with cpu_shims(script), contextlib.chdir(work):
         spec = importlib.util.spec_from_file_location("airbench_record", script)
         record = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(record)
@@ -150,7 +152,6 @@ def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
         with autocast:
             accuracy = record.main(seed, model)
         wall = time.perf_counter() - start
-    sys.argv[0] = argv0
     return {"who": "airbench94_muon", "seed": seed, "test_accuracy": round(accuracy, 4),
             "per_epoch": [r["val_acc"] for r in rows if r["epoch"] != "eval"],
             "timed_s": round(rows[-1]["time_seconds"], 1), "wall_s": round(wall, 1)}
