@@ -230,3 +230,21 @@ def test_the_bf16_gate_pairs_each_study_network_with_itself_in_float32():
                      for m in ("simple", "deep", "batchnorm")
                      for metric, margin in (("test_accuracy", 0.01), ("best_epoch", 2))}
     assert len(gate.seeds) >= 5
+
+
+def test_the_confirmatory_simple_gate_asks_the_same_on_seeds_the_first_never_used():
+    """benchmarks/bf16_gate_simple.toml decides simple afresh: the first gate's settings and
+    questions for simple, on new seeds only, so its verdict owes nothing to the first look."""
+    from pathlib import Path
+
+    from cifarlab import study
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    first = study.load(str(folder / "bf16_gate.toml"))
+    again = study.load(str(folder / "bf16_gate_simple.toml"))
+    assert not set(first.seeds) & set(again.seeds) and len(again.seeds) >= 12
+    by_name = {v.name: v for v in first.variants}
+    for v in again.variants:
+        assert again.config(v, 0) == first.config(by_name[v.name], 0)
+    asked = {(q.metric, q.variants, q.expect, q.margin) for q in again.questions}
+    assert asked == {(q.metric, q.variants, q.expect, q.margin) for q in first.questions
+                     if q.variants[0] == "simple bf16"}
