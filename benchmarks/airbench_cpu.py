@@ -1,17 +1,19 @@
 """The fast recipe against the published record's own script on this CPU (issue 40, point 5).
 
     python benchmarks/airbench_cpu.py --script ~/airbench/airbench94_muon.py \\
-        --data ../shared/data/cifar10-jpeg [--pairs 2] [--share 0.6] [--work ~/airbench]
+        --data ../shared/data/cifar10-jpeg [--pairs 2] [--shares 0.6,0.8,1.0] \\
+        [--work ~/airbench] [--reuse-record]
 
-Each pair runs, one after the other on the same machine, (A) airbench94_muon.py's `main` for one
-run of its 8 epochs, and (B) `cifarlab train --recipe fast` with a budget of `--share` of A's
-timed seconds, both on all 50,000 training images, tested on the 10,000 test images. The goal
-holds for a pair when B reaches 0.90 test accuracy in that share of the time A took to reach
-it. Each side is timed by its own clock: the record's covers its whitening, training and
+Each pair runs, one after the other on the same machine, (A) airbench94_muon.py's `main` for
+one run of its 8 epochs, and (B) `cifarlab train --recipe fast` with a budget of each of
+`--shares` of A's timed seconds in rising order until one reaches 0.90, both on all 50,000
+training images, tested on the 10,000 test images. The smallest share that reaches 0.90
+bounds cifarlab's time to it as a share of the record's; the goal holds for a pair when 0.6
+does. Each side is timed by its own clock: the record's covers its whitening, training and
 final test-time-augmented evaluation but not its per-epoch test passes; cifarlab's
 `train_time_s` covers training and validation between epochs but not the final evaluation.
 Both wall times are printed too. One line per run and a JSON line per pair, appended to
---results.
+--results; `--reuse-record` takes the record's side from an earlier pair there.
 
 The record's file is never copied into this repository: read it from a stored mirror into a
 scratch folder (`--script`). It is imported unchanged; only what a CPU without torchvision
@@ -146,7 +148,10 @@ def run_record(script: Path, work: Path, seed: int, bf16: bool) -> dict:
             record.CifarNet.init_whiten = init_whiten_float32
         torch.manual_seed(seed)
         model = record.CifarNet().to(memory_format=torch.channels_last)
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+        # Without its weight cache: autocast keeps one bf16 copy of each weight until its
+        # context exits, and this context spans the whole training, so the forward passes
+        # would go on reading the first step's weights (it learnt at 0.14 after an epoch).
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False) if bf16
                     else contextlib.nullcontext())
         start = time.perf_counter()
         with autocast:
@@ -170,13 +175,36 @@ def run_cifarlab(data, seconds: float, seed: int) -> dict:
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
+def earlier_record(results: Path, seed: int, cpu: str) -> dict | None:
+    """The record's run for `seed` on this CPU from an earlier pair in --results, if any."""
+    if not results.is_file():
+        return None
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    found = [r["record"] for r in rows if r.get("seed") == seed and r.get("cpu") == cpu]
+    return found[-1] if found else None
+
+
+def bracket(shares: list[float], reached: list[bool]) -> str:
+    """Where cifarlab's time to the target lies, as a share of the record's."""
+    if not reached:
+        return "untried"
+    if reached[-1]:
+        low = shares[len(reached) - 2] if len(reached) > 1 else 0.0
+        return f"between {low:.2f}x and {shares[len(reached) - 1]:.2f}x"
+    return f"above {shares[len(reached) - 1]:.2f}x"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--script", required=True, help="airbench94_muon.py, outside this repo")
     ap.add_argument("--data", required=True)
     ap.add_argument("--pairs", type=int, default=2)
-    ap.add_argument("--share", type=float, default=0.6,
-                    help="cifarlab's budget as a share of the record's time (the goal: 0.6)")
+    ap.add_argument("--shares", default="0.6",
+                    help="cifarlab's budgets as shares of the record's time, tried in rising "
+                         "order until one reaches 0.90 (the goal: 0.6)")
+    ap.add_argument("--reuse-record", action="store_true",
+                    help="take the record's run for each seed from an earlier pair in "
+                         "--results on this CPU instead of running it again")
     ap.add_argument("--work", default=None, help="scratch folder for the record's data files")
     ap.add_argument("--results", default="benchmarks/airbench_cpu.jsonl")
     args = ap.parse_args()
@@ -185,27 +213,42 @@ def main() -> None:
         raise SystemExit(f"--script {script} is not a file; read airbench94_muon.py from a "
                          "stored mirror into a scratch folder and pass its path")
     try:
+        shares = sorted(float(x) for x in args.shares.split(","))
+    except ValueError:
+        raise SystemExit(f"--shares {args.shares!r} is not a comma-separated list of numbers; "
+                         "write it like 0.6,0.8,1.0") from None
+    try:
         data = load_cifar10(args.data)
     except CifarlabError as e:
         raise SystemExit(f"--data: {e}") from None
     work = Path(args.work or tempfile.mkdtemp(prefix="airbench-")).expanduser()
     write_data(work, data)
-    bf16 = machine.cpu()["bf16"]
-    print(f"{machine.describe()}; both in {'bf16' if bf16 else 'float32'}", flush=True)
+    bf16, cpu = machine.cpu()["bf16"], machine.describe()
+    print(f"{cpu}; both in {'bf16' if bf16 else 'float32'}", flush=True)
     for seed in range(args.pairs):  # A then B within a pair: drift hits both alike
-        a = run_record(script, work, seed, bf16)
+        a = earlier_record(Path(args.results), seed, cpu) if args.reuse_record else None
+        if a is None:
+            a = run_record(script, work, seed, bf16)
         print(json.dumps(a), flush=True)
-        b = run_cifarlab(data, args.share * a["timed_s"], seed)
-        print(json.dumps(b), flush=True)
-        pair = {"seed": seed, "cpu": machine.describe(), "bf16": bf16, "share": args.share,
-                "record": a, "cifarlab": b, "record_reached": a["test_accuracy"] >= TARGET,
-                "goal_met": b["test_accuracy"] >= TARGET and a["test_accuracy"] >= TARGET}
+        runs = []
+        for share in shares:  # the smallest share that reaches the target bounds the ratio
+            runs.append(run_cifarlab(data, share * a["timed_s"], seed))
+            print(json.dumps(runs[-1]), flush=True)
+            if runs[-1]["test_accuracy"] >= TARGET:
+                break
+        reached = [b["test_accuracy"] >= TARGET for b in runs]
+        goal = a["test_accuracy"] >= TARGET and any(
+            r for r, share in zip(reached, shares) if share <= 0.6)
+        pair = {"seed": seed, "cpu": cpu, "bf16": bf16, "shares": shares[:len(runs)],
+                "record": a, "cifarlab": runs, "record_reached": a["test_accuracy"] >= TARGET,
+                "time_to_target": bracket(shares, reached), "goal_met": goal}
         with open(args.results, "a") as f:
             f.write(json.dumps(pair) + "\n")
-        verdict = "met" if pair["goal_met"] else "not met"
+        tried = "; ".join(f"{b['test_accuracy']:.4f} in {b['timed_s']:.0f} s "
+                          f"({b['timed_s'] / a['timed_s']:.2f}x)" for b in runs)
         print(f"pair {seed}: record {a['test_accuracy']:.4f} in {a['timed_s']:.0f} s; "
-              f"cifarlab {b['test_accuracy']:.4f} in {b['timed_s']:.0f} s "
-              f"({b['timed_s'] / a['timed_s']:.2f}x): goal {verdict}", flush=True)
+              f"cifarlab {tried}; its time to {TARGET:.2f} is {pair['time_to_target']} the "
+              f"record's: goal (0.60x) {'met' if goal else 'not met'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 stand-ins it needs are gone afterwards. The record itself is not in this repository, so a
 stand-in script with the same CUDA and torchvision habits plays it here."""
 
+import json
 import sys
 
 import numpy as np
@@ -100,3 +101,63 @@ def test_a_missing_record_script_is_one_sentence(tmp_path, monkeypatch):
     message = str(stop.value)
     assert message.startswith(f"--script {tmp_path / 'no.py'} is not a file")
     assert "\n" not in message
+
+
+# A record that updates its weights in place between two forward passes, as every training
+# step does: under the harness's bf16 both passes must read the weights as they are then.
+RECORD_UPDATES = '''
+import torch
+from torch import nn
+
+def print_training_details(variables, is_final_entry):
+    pass
+
+class CifarNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 1, bias=False)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, x):
+        return self.head(x)
+
+def main(run, model):
+    x = torch.ones(1, 4)
+    before = model(x).item()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    after = model(x).item()
+    epoch, val_acc, time_seconds = "eval", 0.0, 0.0
+    print_training_details(locals(), is_final_entry=True)
+    return after - before
+'''
+
+
+def test_under_bf16_each_forward_pass_reads_the_weights_as_updated(tmp_path):
+    ab = script("airbench_cpu")
+    record = tmp_path / "record.py"
+    record.write_text(RECORD_UPDATES)
+    (tmp_path / "work").mkdir()
+    row = ab.run_record(record, tmp_path / "work", seed=0, bf16=True)
+    assert row["test_accuracy"] == 4.0   # 0 before the update, 4 after: not a stale copy
+
+
+def test_the_smallest_share_that_reaches_the_target_bounds_the_ratio():
+    ab = script("airbench_cpu")
+    shares = [0.6, 0.8, 1.0]
+    assert ab.bracket(shares, [True]) == "between 0.00x and 0.60x"
+    assert ab.bracket(shares, [False, True]) == "between 0.60x and 0.80x"
+    assert ab.bracket(shares, [False, False, False]) == "above 1.00x"
+
+
+def test_a_reused_record_is_this_seeds_on_this_cpu_and_the_latest(tmp_path):
+    ab = script("airbench_cpu")
+    results = tmp_path / "results.jsonl"
+    assert ab.earlier_record(results, 0, "cpu A") is None
+    rows = [{"seed": 0, "cpu": "cpu A", "record": {"timed_s": 600}},
+            {"seed": 0, "cpu": "cpu B", "record": {"timed_s": 300}},
+            {"seed": 1, "cpu": "cpu A", "record": {"timed_s": 610}},
+            {"seed": 0, "cpu": "cpu A", "record": {"timed_s": 590}}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ab.earlier_record(results, 0, "cpu A") == {"timed_s": 590}
+    assert ab.earlier_record(results, 1, "cpu B") is None
