@@ -30,19 +30,27 @@ def dataset(data_dir):
     return load_cifar10(data_dir, cache=False)
 
 
-def cpu_with(bf16: bool, monkeypatch):
-    info = {"model": "Test CPU", "capability": "AVX512" if bf16 else "AVX2", "bf16": bf16,
-            "flags": ["avx512_bf16"] if bf16 else []}
+def cpu_with(bf16: bool | str, monkeypatch):
+    """A CPU without native bf16 (False), with AVX-512 BF16 (True), or with AMX ("amx")."""
+    flags = {False: [], True: ["avx512_bf16"],
+             "amx": ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"]}[bf16]
+    info = {"model": "Test CPU", "capability": "AVX512" if bf16 else "AVX2",
+            "bf16": bool(bf16), "flags": flags}
     monkeypatch.setattr(machine, "cpu", lambda: info)
 
 
 @pytest.mark.parametrize("native,setting,model,expected", [
     (False, "auto", "fast", None), (False, "auto", "simple", None),  # never emulated
     (True, "auto", "fast", torch.bfloat16),  # measured to hold its accuracy in bf16
-    (True, "auto", "simple", None), (True, "auto", "deep", None),  # the study's: asked for
+    ("amx", "auto", "fast", torch.bfloat16),
+    ("amx", "auto", "simple", torch.bfloat16),  # measured on AMX, on fresh seeds
+    (True, "auto", "simple", None),  # not yet shown on AVX-512 BF16 without AMX
+    (True, "auto", "deep", None), ("amx", "auto", "deep", None),  # not shown anywhere
+    ("amx", "auto", "batchnorm", None),
     (True, "bf16", "simple", torch.bfloat16), (True, "bf16", "fast", torch.bfloat16),
-    (True, "float32", "fast", None), (False, "float32", "fast", None)])
-def test_a_cpu_computes_in_bf16_only_where_native_and_by_default_only_for_the_fast_network(
+    ("amx", "float32", "simple", None), (True, "float32", "fast", None),
+    (False, "float32", "fast", None)])
+def test_a_cpu_computes_in_bf16_only_where_native_and_by_default_where_measured_to_hold(
         monkeypatch, native, setting, model, expected):
     cpu_with(native, monkeypatch)
     assert precision.precision(torch.device("cpu"), setting, model) == expected

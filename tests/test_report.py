@@ -275,3 +275,25 @@ def test_a_run_that_ended_near_chance_is_named_even_when_its_variant_is_not():
         "its figures: that run never learnt (early stopping can end a run in its first flat "
         "epochs)."]
     assert sum("lost" in t and "chance" in t for t in text) == 1
+
+
+def test_a_study_whose_runs_computed_in_two_precisions_says_which_and_how_to_align_them():
+    from pathlib import Path
+
+    from cifarlab.results import Group, Results, Run
+    from cifarlab.verdicts import answer
+
+    def run(seed, acc, precision):
+        return Run(Path("r"), seed, {"settings": {}},
+                   {"test_accuracy": acc, "precision": precision}, [])
+    one = [Group("simple", [run(s, 0.6, "bfloat16") for s in range(3)]),
+           Group("deep", [run(s, 0.58, "float32") for s in range(3)])]
+    said = [t for t in answer(Results("t", one, "simple", {})) if "precision" in t]
+    assert said == [
+        "Its runs computed in 2 precisions, bfloat16 (simple) and float32 (deep): on a CPU "
+        "with native bf16 a network trains in bf16 by default only where bf16 was measured "
+        "to keep its answers (benchmarks/README.md), and a comparison across precisions "
+        "holds to that measurement's margin (a point of accuracy); run it with "
+        "`--precision float32` to compare every run in float32."]
+    alike = [Group(g.name, [run(s, 0.6, "float32") for s in range(3)]) for g in one]
+    assert not [t for t in answer(Results("t", alike, "simple", {})) if "precision" in t]

@@ -36,9 +36,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-# Networks that train in bf16 by default ("auto") on CPUs with native bf16: those measured to
-# keep their accuracy in it, faster; the study's stay float32 (docs/decisions.md).
-CPU_BF16_BY_DEFAULT = ("fast",)
+# Networks that train in bf16 by default ("auto") on a CPU with native bf16, each with the CPU
+# flags under which it was measured to keep its answers in bf16 (docs/decisions.md): the fast
+# network on any such CPU, `simple` on AMX; `deep` and `batchnorm` nowhere yet.
+CPU_BF16_BY_DEFAULT = {"fast": machine.NATIVE_BF16_FLAGS, "simple": ("amx_bf16",)}
 
 
 def precision(device: torch.device, setting: str = "auto",
@@ -49,10 +50,10 @@ def precision(device: torch.device, setting: str = "auto",
     H100...; bf16 has float32's range, so no loss scaling); float32 on older GPUs (T4, V100,
     P100: Colab's and Kaggle's free ones), where bf16 convolutions fall back to a slow path.
     On CPUs with native bf16 (AVX-512 BF16, AMX), bf16 for the networks in
-    CPU_BF16_BY_DEFAULT and float32 for the others, which "bf16" asks for; on CPUs without
-    it, float32. fp16 with a gradient scaler would be faster on old GPUs; that trade (loss
-    scaling, overflow checks in the step and the checkpoint) is left until it can be measured
-    on such a GPU.
+    CPU_BF16_BY_DEFAULT where the CPU has a flag listed for them, and float32 for the others,
+    which "bf16" asks for; on CPUs without it, float32. fp16 with a gradient scaler would be
+    faster on old GPUs; that trade (loss scaling, overflow checks in the step and the
+    checkpoint) is left until it can be measured on such a GPU.
     "bf16" where the device has no native bf16 is refused: emulated, it is slower than
     float32 (11x on an AVX2 CPU)."""
     if setting == "float32":
@@ -66,7 +67,10 @@ def precision(device: torch.device, setting: str = "auto",
         return torch.bfloat16
     if not native:
         return None
-    return torch.bfloat16 if device.type == "cuda" or model in CPU_BF16_BY_DEFAULT else None
+    if device.type == "cuda":
+        return torch.bfloat16
+    measured_on = CPU_BF16_BY_DEFAULT.get(model, ())
+    return torch.bfloat16 if any(f in machine.cpu()["flags"] for f in measured_on) else None
 
 
 def run_precision(device: torch.device, cfg: RunConfig) -> torch.dtype | None:

@@ -140,7 +140,7 @@ def answer(results: Results, rows: list[dict] | None = None) -> list[str]:
     """The report's opening: what the study decided, what it could not, what would."""
     rows = rows or table_rows(results)
     base = results.baseline
-    out = _scale_caveat(results)
+    out = _scale_caveat(results) + _precision_caveat(results)
     kinds = _by_verdict(results, rows)
     better, worse, equal, open_, few, same = (kinds[k] for k in (
         "better", "worse", "equivalent", "inconclusive", "too few", "identical"))
@@ -200,6 +200,22 @@ def _scale_caveat(results: Results) -> list[str]:
         return [f"This study trained{span} (CIFAR-10 has 50,000): its answers are about "
                 "that scale and may not carry over to training on all of it."]
     return []
+
+
+def _precision_caveat(results: Results) -> list[str]:
+    """A sentence when the study's runs did not all compute in the same precision."""
+    used: dict[str, list[str]] = {}
+    for g in results.groups:
+        for p in dict.fromkeys(r.metrics.get("precision", "float32") for r in g.runs):
+            used.setdefault(p, []).append(g.name)
+    if len(used) < 2:
+        return []
+    parts = " and ".join(f"{p} ({', '.join(names)})" for p, names in sorted(used.items()))
+    return [f"Its runs computed in {len(used)} precisions, {parts}: on a CPU with native "
+            "bf16 a network trains in bf16 by default only where bf16 was measured to keep its "
+            "answers (benchmarks/README.md), and a comparison across precisions holds to that "
+            "measurement's margin (a point of accuracy); run it with `--precision float32` to "
+            "compare every run in float32."]
 
 
 def _by_verdict(results: Results, rows: list[dict]) -> dict[str, list]:
