@@ -256,3 +256,37 @@ def test_the_confirmatory_simple_gate_asks_the_same_on_seeds_the_first_never_use
     asked = {(q.metric, q.variants, q.expect, q.margin) for q in again.questions}
     assert asked == {(q.metric, q.variants, q.expect, q.margin) for q in first.questions
                      if q.variants[0] == "simple bf16"}
+
+
+def test_a_varied_study_network_takes_no_bf16_default_the_fast_network_any_width(monkeypatch):
+    """simple's bf16 default was gated on the preset itself; other layers are unmeasured."""
+    from cifarlab.precision import run_precision
+    cpu_with("amx", monkeypatch)
+    cpu = torch.device("cpu")
+    assert run_precision(cpu, RunConfig(model="simple")) == torch.bfloat16
+    assert run_precision(cpu, RunConfig(model="simple", filters=(32, 64, 128))) == torch.bfloat16
+    assert run_precision(cpu, RunConfig(model="simple", dropout=0.0)) is None
+    assert run_precision(cpu, RunConfig(model="simple", blocks=4)) is None
+    assert run_precision(cpu, RunConfig(model="simple", dropout=0.0, precision="bf16")) \
+        == torch.bfloat16
+    assert run_precision(cpu, RunConfig(model="fast", filters=(64, 256, 256))) \
+        == torch.bfloat16
+
+
+@pytest.mark.parametrize("cpu,networks,mixed", [
+    ("amx", ("simple", "deep"), True),  # simple's bf16 default beside a float32 network
+    ("amx", ("simple", "simple"), False), (True, ("simple", "deep"), False),
+    (False, ("simple", "deep"), False), ("amx", ("fast", "simple"), False)])
+def test_a_study_that_would_mix_precisions_on_this_cpu_trains_every_run_in_float32(
+        monkeypatch, cpu, networks, mixed):
+    from cifarlab import study
+    from cifarlab.cli import _in_one_precision
+    cpu_with(cpu, monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    st = study.parse({"name": "s", "seeds": 2, "variant": [
+        {"name": f"v{i}", "model": m} for i, m in enumerate(networks)] + [
+        {"name": "asked", "model": "deep", "precision": "bf16"}]}, "test")
+    assert precision.mixes_precisions([st.config(v, 0) for v in st.variants]) == mixed
+    one = _in_one_precision(st)
+    ran = [one.config(v, 0).precision for v in one.variants]
+    assert ran == (["float32", "float32"] if mixed else ["auto", "auto"]) + ["bf16"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -144,6 +145,16 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _in_one_precision(st):
+    """`st` with every run in float32 where, on this CPU, "auto" would train its variants in
+    two precisions (a network with a bf16 default beside others): a study compares like with
+    like. Variants that name their precision keep it."""
+    from .precision import mixes_precisions
+    if not mixes_precisions([st.config(v, st.seeds[0]) for v in st.variants]):
+        return st
+    return dataclasses.replace(st, defaults={**st.defaults, "precision": "float32"})
+
+
 def cmd_study(args) -> int:
     from . import study as studies
     if args.list:
@@ -159,6 +170,13 @@ def cmd_study(args) -> int:
     if args.print:
         print(studies.to_toml(st), end="")
         return 0
+    if args.precision is None:
+        before = st
+        written, st = (_in_one_precision(x) for x in (written, st))
+        if st is not before:
+            print("Precision: float32 for every run: on this CPU only some of the study's "
+                  "networks train in bf16 by default, and a study compares its variants in "
+                  "one precision (--precision bf16 computes them all in bf16).")
     st.command = written.command = ["cifarlab", *args.argv]
     from . import report
     from . import results as readback

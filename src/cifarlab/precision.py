@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from . import machine
+from . import machine, models
 from .config import RunConfig
 from .errors import CifarlabError
 from .loader import Batches, downsample
@@ -74,8 +74,24 @@ def precision(device: torch.device, setting: str = "auto",
 
 
 def run_precision(device: torch.device, cfg: RunConfig) -> torch.dtype | None:
-    """The dtype the run `cfg` computes in on `device` (see `precision`)."""
-    return precision(device, cfg.precision, cfg.model)
+    """The dtype the run `cfg` computes in on `device` (see `precision`). A study network's
+    bf16 default was measured on its preset as it is: varied (other blocks, filters,
+    dropout...), it is a network of its own and takes no default; the fast network's was
+    measured across the widths its budgets choose."""
+    model = cfg.model
+    if model in CPU_BF16_BY_DEFAULT and model != "fast" and cfg.precision == "auto" \
+            and cfg.net_config() != models.preset(model):
+        model = None
+    return precision(device, cfg.precision, model)
+
+
+def mixes_precisions(configs: list[RunConfig]) -> bool:
+    """Whether "auto" would train these runs (a study's variants) in two precisions on this
+    machine's CPU: a network with a bf16 default here beside networks without one."""
+    auto = [c for c in configs if c.precision == "auto"]
+    if not auto or any(resolve_device(c.device).type != "cpu" for c in auto):
+        return False
+    return len({run_precision(torch.device("cpu"), c) for c in auto}) > 1
 
 
 def _native_bf16(device: torch.device) -> bool:
