@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--script", required=True, help="airbench94_muon.py, outside this repo")
     ap.add_argument("--data", required=True)
     ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="the first pair's seed")
     ap.add_argument("--shares", default="0.6",
                     help="cifarlab's budgets as shares of the record's time, tried in rising "
                          "order until one reaches 0.90 (the goal: 0.6)")
@@ -225,7 +226,7 @@ def main() -> None:
     write_data(work, data)
     bf16, cpu = machine.cpu()["bf16"], machine.describe()
     print(f"{cpu}; both in {'bf16' if bf16 else 'float32'}", flush=True)
-    for seed in range(args.pairs):  # A then B within a pair: drift hits both alike
+    for seed in range(args.first_seed, args.first_seed + args.pairs):  # A then B: drift hits both
         a = earlier_record(Path(args.results), seed, cpu) if args.reuse_record else None
         if a is None:
             a = run_record(script, work, seed, bf16)

@@ -280,13 +280,31 @@ def test_a_varied_study_network_takes_no_bf16_default_the_fast_network_any_width
 def test_a_study_that_would_mix_precisions_on_this_cpu_trains_every_run_in_float32(
         monkeypatch, cpu, networks, mixed):
     from cifarlab import study
-    from cifarlab.cli import _in_one_precision
     cpu_with(cpu, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     st = study.parse({"name": "s", "seeds": 2, "variant": [
         {"name": f"v{i}", "model": m} for i, m in enumerate(networks)] + [
         {"name": "asked", "model": "deep", "precision": "bf16"}]}, "test")
     assert precision.mixes_precisions([st.config(v, 0) for v in st.variants]) == mixed
-    one = _in_one_precision(st)
+    one = precision.in_one_precision(st)
     ran = [one.config(v, 0).precision for v in one.variants]
     assert ran == (["float32", "float32"] if mixed else ["auto", "auto"]) + ["bf16"]
+
+
+def test_the_python_api_runs_a_study_in_one_precision_as_the_command_line_does(
+        monkeypatch, tmp_path):
+    from cifarlab import api
+    cpu_with("amx", monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(st, *args, **kwargs):
+        seen.append(st)
+        raise Stop
+    monkeypatch.setattr(api, "train_study", capture)
+    with pytest.raises(Stop):
+        api.run_study("quick", out=tmp_path / "q", data=str(tmp_path))
+    assert {seen[0].config(v, 0).precision for v in seen[0].variants} == {"float32"}

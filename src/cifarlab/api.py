@@ -50,6 +50,9 @@ def run_study(study: str = "quick", out: str | Path | None = None, *,
     chosen = dict(settings or {})
     chosen.update({k: v for k, v in (("data", data), ("device", device)) if v is not None})
     prepared = prepare(study, chosen, Scale(seeds, epochs_scale, fraction, max_epochs))
+    if "precision" not in chosen:  # as the command line: one precision for the whole study
+        from .precision import in_one_precision
+        prepared = in_one_precision(prepared)
     out = Path(out or f"runs/study-{slug(prepared.name)}")
     failed = train_study(prepared, out, jobs=jobs, verbose=progress, live=progress)
     results = collect_study(out)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -145,16 +144,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _in_one_precision(st):
-    """`st` with every run in float32 where, on this CPU, "auto" would train its variants in
-    two precisions (a network with a bf16 default beside others): a study compares like with
-    like. Variants that name their precision keep it."""
-    from .precision import mixes_precisions
-    if not mixes_precisions([st.config(v, st.seeds[0]) for v in st.variants]):
-        return st
-    return dataclasses.replace(st, defaults={**st.defaults, "precision": "float32"})
-
-
 def cmd_study(args) -> int:
     from . import study as studies
     if args.list:
@@ -171,8 +160,9 @@ def cmd_study(args) -> int:
         print(studies.to_toml(st), end="")
         return 0
     if args.precision is None:
+        from .precision import in_one_precision
         before = st
-        written, st = (_in_one_precision(x) for x in (written, st))
+        written, st = (in_one_precision(x) for x in (written, st))
         if st is not before:
             print("Precision: float32 for every run: on this CPU only some of the study's "
                   "networks train in bf16 by default, and a study compares its variants in "

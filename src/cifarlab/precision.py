@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 
 import torch
@@ -92,6 +93,15 @@ def mixes_precisions(configs: list[RunConfig]) -> bool:
     if not auto or any(resolve_device(c.device).type != "cpu" for c in auto):
         return False
     return len({run_precision(torch.device("cpu"), c) for c in auto}) > 1
+
+
+def in_one_precision(study):
+    """`study` with every run in float32 where, on this CPU, "auto" would train its variants
+    in two precisions (a network with a bf16 default beside others): a study compares like
+    with like. Variants that name their precision keep it."""
+    if not mixes_precisions([study.config(v, study.seeds[0]) for v in study.variants]):
+        return study
+    return dataclasses.replace(study, defaults={**study.defaults, "precision": "float32"})
 
 
 def _native_bf16(device: torch.device) -> bool:
