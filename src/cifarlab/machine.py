@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -79,12 +80,35 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 @functools.lru_cache(maxsize=1)
 def cpu() -> dict:
     """{"model": name, "capability": the vector code PyTorch uses (e.g. "AVX2", "AVX512"),
-    "bf16": True when the CPU computes bf16 natively, "flags": its bf16-related flags}."""
+    "bf16": True when the CPU computes bf16 natively, "flags": its bf16-related flags, as
+    oneDNN may use them, "onednn_cap": ONEDNN_MAX_CPU_ISA where it is set}."""
     model, flags = _cpuinfo()
+    cap = onednn_cap()
+    flags = usable_flags(flags, cap)
     found = sorted(f for f in flags if f in NATIVE_BF16_FLAGS or f.startswith("amx"))
-    return {"model": model or platform.processor() or platform.machine(),
+    info = {"model": model or platform.processor() or platform.machine(),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "bf16": any(f in flags for f in NATIVE_BF16_FLAGS), "flags": found}
+    return {**info, "onednn_cap": cap} if cap else info
+
+
+def onednn_cap() -> str:
+    """The instruction set oneDNN (PyTorch's CPU convolutions) is capped at by the
+    environment, upper-case, or "" where it may use all the CPU has."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    cap = cap.strip().upper()
+    return "" if cap in ("", "ALL", "DEFAULT") else cap
+
+
+def usable_flags(flags: set[str], cap: str) -> set[str]:
+    """`flags` less the bf16 instructions a oneDNN cap of `cap` keeps out of its kernels
+    (a Xeon with AMX capped at AVX512_CORE_BF16 computes as a CPU without AMX does)."""
+    if not cap or "AMX" in cap:
+        return flags
+    flags = {f for f in flags if not f.startswith("amx")}
+    if not any(part in cap for part in ("BF16", "FP16", "AVX10")):
+        flags = {f for f in flags if f not in NATIVE_BF16_FLAGS}
+    return flags
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -110,7 +134,8 @@ def describe() -> str:
     """One line, e.g. 'AMD EPYC (AVX2, no native bf16)', for benchmark output."""
     info = cpu()
     bf16 = "native bf16: " + ", ".join(info["flags"]) if info["bf16"] else "no native bf16"
-    return f"{info['model']} ({info['capability']}, {bf16})"
+    cap = f"; oneDNN capped at {info['onednn_cap']}" if info.get("onednn_cap") else ""
+    return f"{info['model']} ({info['capability']}, {bf16}{cap})"
 
 
 # The speed goals (issue 14) are stated for a 2-core AVX2 AMD EPYC, on which the study's
