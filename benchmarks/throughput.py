@@ -29,7 +29,7 @@ from cifarlab import machine, models
 from cifarlab.config import RunConfig
 from cifarlab.loader import Batches, Split
 from cifarlab.optim import make_optimizer
-from cifarlab.precision import autocast, prepare_model
+from cifarlab.precision import autocast, prepare_model, run_precision
 
 
 def train_flops_per_image(net: nn.Module) -> float:
@@ -76,6 +76,12 @@ def images_per_second(preset: str, batch: int, seconds: float, dtype=None) -> fl
                 return done / (time.perf_counter() - start)
 
 
+def default_precision(preset: str) -> str:
+    """The precision a run of the `preset` network takes on this CPU when none is named."""
+    dtype = run_precision(torch.device("cpu"), RunConfig(model=preset))
+    return "bf16" if dtype == torch.bfloat16 else "float32"
+
+
 def keras_images_per_second(python: Path, preset: str, batch: int, seconds: float,
                             policy: str = "float32") -> float:
     """Keras' model.fit under a dtype policy ("float32", or "mixed_bfloat16")."""
@@ -114,7 +120,8 @@ def main():
             k_bf16 = keras_images_per_second(keras, preset, batch, args.seconds,
                                              "mixed_bfloat16") \
                 if keras and native_bf16 else float("nan")
-            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips, bf16, k_bf16))
+            rows.append((preset, batch, ips, ips * flops / 1e9, k_ips, bf16, k_bf16,
+                         default_precision(preset)))
     peak_after = matmul_peak()
     print(f"CPU: {machine.describe()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
@@ -129,14 +136,18 @@ def main():
     print("| network | batch | cifarlab images/s | GFLOP/s | % of matmul peak | "
           "Keras images/s | cifarlab / Keras | bf16 images/s | bf16 / float32 | "
           "Keras mixed_bfloat16 images/s | cifarlab float32 / Keras bf16 | "
-          "cifarlab bf16 / Keras bf16 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for preset, batch, ips, gf, k_ips, bf16, k_bf16 in rows:
+          "cifarlab bf16 / Keras bf16 | default here | at the default / Keras float32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for preset, batch, ips, gf, k_ips, bf16, k_bf16, default in rows:
+        at_default = bf16 if default == "bf16" else ips
         print(f"| {preset} | {batch} | {ips:.0f} | {gf:.1f} | {100 * gf / peak:.0f}% | "
               f"{_cell(k_ips, '.0f')} | {_cell(ips / k_ips, '.2f', 'x')} | "
               f"{_cell(bf16, '.0f')} | {_cell(bf16 / ips, '.2f', 'x')} | "
               f"{_cell(k_bf16, '.0f')} | {_cell(ips / k_bf16, '.2f', 'x')} | "
-              f"{_cell(bf16 / k_bf16, '.2f', 'x')} |")
+              f"{_cell(bf16 / k_bf16, '.2f', 'x')} | {default} | "
+              f"{_cell(at_default / k_ips, '.2f', 'x')} |")
+    print("\n(default here: the precision `cifarlab train` gives the network on this CPU "
+          "when none is named; --precision sets it)")
     if not native_bf16:
         print("\n(bf16 columns empty: this CPU has no native bf16, where it is emulated)")
     if keras is None:

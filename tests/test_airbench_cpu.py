@@ -145,9 +145,19 @@ def test_under_bf16_each_forward_pass_reads_the_weights_as_updated(tmp_path):
 def test_the_smallest_share_that_reaches_the_target_bounds_the_ratio():
     ab = script("airbench_cpu")
     shares = [0.6, 0.8, 1.0]
-    assert ab.bracket(shares, [True]) == "between 0.00x and 0.60x"
+    assert ab.bracket(shares, [True]) == "at most 0.60x"
     assert ab.bracket(shares, [False, True]) == "between 0.60x and 0.80x"
     assert ab.bracket(shares, [False, False, False]) == "above 1.00x"
+    assert ab.bracket([0.8], [True]) == "at most 0.80x"
+
+
+def test_the_goal_is_not_shown_when_no_share_at_the_goal_was_tried():
+    ab = script("airbench_cpu")
+    assert ab.goal_verdict(True, [0.6, 0.8], [True]) == "met"
+    assert ab.goal_verdict(True, [0.6, 0.8], [False, True]) == "not met"
+    assert ab.goal_verdict(True, [0.7, 0.8], [False, True]) == "not shown"
+    assert ab.goal_verdict(True, [0.8], [False]) == "not met"
+    assert ab.goal_verdict(False, [0.6], [True]) == "not met"   # the record itself fell short
 
 
 def test_a_reused_record_is_this_seeds_on_this_cpu_and_the_latest(tmp_path):

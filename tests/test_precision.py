@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from bench import script
 from conftest import Tiny
 from torch import nn
 
@@ -240,16 +241,23 @@ def test_the_bf16_gate_pairs_each_study_network_with_itself_in_float32():
     assert len(gate.seeds) >= 5
 
 
-def test_the_confirmatory_simple_gate_asks_the_same_on_seeds_the_first_never_used():
-    """benchmarks/bf16_gate_simple.toml decides simple afresh: the first gate's settings and
-    questions for simple, on new seeds only, so its verdict owes nothing to the first look."""
+@pytest.mark.parametrize("name,earlier,at_least", [
+    ("bf16_gate_simple.toml", ["bf16_gate.toml"], 12),  # on AMX
+    ("bf16_gate_simple_avx512.toml", ["bf16_gate.toml", "bf16_gate_simple.toml"], 8),
+])
+def test_a_confirmatory_simple_gate_asks_the_same_on_seeds_never_used_before(
+        name, earlier, at_least):
+    """Each confirmatory gate for simple decides afresh: the first gate's settings and
+    questions for simple, on seeds no earlier gate used, so its verdict owes nothing to an
+    earlier look."""
     from pathlib import Path
 
     from cifarlab import study
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
     first = study.load(str(folder / "bf16_gate.toml"))
-    again = study.load(str(folder / "bf16_gate_simple.toml"))
-    assert not set(first.seeds) & set(again.seeds) and len(again.seeds) >= 12
+    again = study.load(str(folder / name))
+    used = {s for gate in earlier for s in study.load(str(folder / gate)).seeds}
+    assert not used & set(again.seeds) and len(again.seeds) >= at_least
     by_name = {v.name: v for v in first.variants}
     for v in again.variants:
         assert again.config(v, 0) == first.config(by_name[v.name], 0)
@@ -308,3 +316,46 @@ def test_the_python_api_runs_a_study_in_one_precision_as_the_command_line_does(
     with pytest.raises(Stop):
         api.run_study("quick", out=tmp_path / "q", data=str(tmp_path))
     assert {seen[0].config(v, 0).precision for v in seen[0].variants} == {"float32"}
+
+
+@pytest.mark.parametrize("native,expected", [
+    (False, ["float32", "float32", "float32"]),
+    (True, ["float32", "float32", "float32"]),
+    ("amx", ["bf16", "float32", "float32"]),
+])
+def test_throughput_marks_each_networks_default_precision(native, expected, monkeypatch):
+    """benchmarks/throughput.py's "default here" column: the ratio against Keras at the
+    precision a run takes unasked, per CPU kind."""
+    cpu_with(native, monkeypatch)
+    throughput = script("throughput")
+    assert [throughput.default_precision(p) for p in ("simple", "deep", "batchnorm")] \
+        == expected
+
+
+@pytest.mark.parametrize("cap,flags,native", [
+    ("", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
+    ("all", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
+    ("AVX512_CORE_AMX", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
+    ("avx512_core_bf16", ["avx512_bf16"], True),  # what a CPU without AMX computes with
+    ("AVX512_CORE", [], False),
+    ("AVX2", [], False),
+])
+def test_a_onednn_cap_leaves_out_the_bf16_instructions_it_keeps_from_the_kernels(
+        cap, flags, native, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA keeps oneDNN's convolutions off AMX (or bf16): the CPU line and the
+    bf16 defaults follow what the kernels use, so a capped AMX Xeon runs as a CPU without."""
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: (
+        "Test Xeon", {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    machine.cpu.cache_clear()
+    try:
+        info = machine.cpu()
+        assert (info["flags"], info["bf16"]) == (flags, native)
+        capped = cap.upper() not in ("", "ALL")
+        assert ("oneDNN capped at " + cap.upper() in machine.describe()) == capped
+        assert info.get("onednn_cap", "") == (cap.upper() if capped else "")
+        from cifarlab.precision import run_precision
+        simple = run_precision(torch.device("cpu"), RunConfig(model="simple"))
+        assert (simple == torch.bfloat16) == ("amx_bf16" in flags)
+    finally:
+        machine.cpu.cache_clear()
