@@ -199,12 +199,14 @@ def bracket(shares: list[float], reached: list[bool]) -> str:
 
 def goal_verdict(record_reached: bool, shares: list[float], reached: list[bool]) -> str:
     """The goal (the target within GOAL_SHARE of the record's time) for one pair: "met",
-    "not met", or "not shown" where the target was reached only at a share above the goal
-    and no share at or below it was tried."""
+    "not met", "not shown" where the target was reached only at a share above the goal and
+    no share at or below it was tried, or "no verdict" where the record itself fell short."""
+    if not record_reached:  # its time to the target is unknown, so no ratio to judge
+        return "no verdict: the record fell short of the target"
     tried = [r for r, share in zip(reached, shares) if share <= GOAL_SHARE]
-    if record_reached and any(tried):
+    if any(tried):
         return "met"
-    if record_reached and not tried and any(reached):
+    if not tried and any(reached):
         return "not shown"
     return "not met"
 

@@ -22,15 +22,20 @@ from cifarlab import results as readback
 from cifarlab import scorecard, stats, verdicts
 
 
+def _machine(run) -> str:
+    """A run's CPU as the provenance line names it, with a oneDNN cap where it had one."""
+    cpu = (run.metrics.get("environment") or {}).get("cpu", {})
+    cap = f", oneDNN capped at {cpu['onednn_cap']}" if cpu.get("onednn_cap") else ""
+    return f"{cpu.get('model', '?')} ({cpu.get('capability', '?')}{cap})"
+
+
 def provenance(res: readback.Results) -> list[str]:
     """Runs finished of the total, and the machines and precisions that trained them."""
     groups = [g for g in res.groups if not g.same_as]
     done = sum(len(g.runs) for g in groups)
     total = sum(g.expected for g in groups)
     runs = [r for g in groups for r in g.runs]
-    cpus = Counter((r.metrics.get("environment") or {}).get("cpu", {}).get("model", "?") + " (" +
-                   (r.metrics.get("environment") or {}).get("cpu", {}).get("capability", "?") +
-                   ")" for r in runs)
+    cpus = Counter(_machine(r) for r in runs)
     precisions = Counter(str(r.metrics.get("precision", "float32")) for r in runs)
     hours = sum(r.metrics.get("train_time_s") or 0 for r in runs) / 3600
     return [f"runs finished: {done} of {total}",

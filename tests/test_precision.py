@@ -332,30 +332,58 @@ def test_throughput_marks_each_networks_default_precision(native, expected, monk
         == expected
 
 
-@pytest.mark.parametrize("cap,flags,native", [
-    ("", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
-    ("all", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
-    ("AVX512_CORE_AMX", ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"], True),
-    ("avx512_core_bf16", ["avx512_bf16"], True),  # what a CPU without AMX computes with
-    ("AVX512_CORE", [], False),
-    ("AVX2", [], False),
+ALL_FLAGS = ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"]
+
+
+@pytest.mark.parametrize("variable,cap,flags,native,line", [
+    ("ONEDNN_MAX_CPU_ISA", "", ALL_FLAGS, True, ""),
+    ("ONEDNN_MAX_CPU_ISA", "all", ALL_FLAGS, True, ""),
+    ("ONEDNN_MAX_CPU_ISA", "DEFAULT", ALL_FLAGS, True, ""),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512", ALL_FLAGS, True, ""),  # not oneDNN's: it ignores it
+    ("ONEDNN_MAX_CPU_ISA", "AVX2 ", ALL_FLAGS, True, ""),  # nor this
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", ALL_FLAGS, True, "AVX512_CORE_AMX"),
+    ("ONEDNN_MAX_CPU_ISA", "avx10_1_512_amx_fp16", ALL_FLAGS, True, "AVX10_1_512_AMX_FP16"),
+    # what a CPU without AMX computes with
+    ("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16", ["avx512_bf16"], True, "AVX512_CORE_BF16"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX10_1_512", ["avx512_bf16"], True, "AVX10_1_512"),
+    ("DNNL_MAX_CPU_ISA", "AVX512_CORE_BF16", ["avx512_bf16"], True, "AVX512_CORE_BF16"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE", [], False, "AVX512_CORE"),
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", [], False, "AVX2"),
 ])
 def test_a_onednn_cap_leaves_out_the_bf16_instructions_it_keeps_from_the_kernels(
-        cap, flags, native, monkeypatch):
+        variable, cap, flags, native, line, monkeypatch):
     """ONEDNN_MAX_CPU_ISA keeps oneDNN's convolutions off AMX (or bf16): the CPU line and the
-    bf16 defaults follow what the kernels use, so a capped AMX Xeon runs as a CPU without."""
+    bf16 defaults follow what the kernels use, so a capped AMX Xeon runs as a CPU without.
+    A name oneDNN does not know, it ignores, and so does cifarlab."""
     monkeypatch.setattr(machine, "_cpuinfo", lambda: (
         "Test Xeon", {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}))
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, cap)
     machine.cpu.cache_clear()
     try:
         info = machine.cpu()
         assert (info["flags"], info["bf16"]) == (flags, native)
-        capped = cap.upper() not in ("", "ALL")
-        assert ("oneDNN capped at " + cap.upper() in machine.describe()) == capped
-        assert info.get("onednn_cap", "") == (cap.upper() if capped else "")
+        assert info.get("onednn_cap", "") == line
+        ending = f"; oneDNN capped at {line})" if line else "avx512_bf16)"
+        assert machine.describe().endswith(ending)
         from cifarlab.precision import run_precision
         simple = run_precision(torch.device("cpu"), RunConfig(model="simple"))
         assert (simple == torch.bfloat16) == ("amx_bf16" in flags)
     finally:
         machine.cpu.cache_clear()
+
+
+def test_findings_name_a_capped_cpu_apart_from_the_same_cpu_uncapped():
+    """A study run with oneDNN capped (the AVX-512 BF16 gate on an AMX Xeon) must not read
+    as one run on the CPU uncapped."""
+    findings = script("findings")
+
+    class Run:
+        def __init__(self, cpu):
+            self.metrics = {"environment": {"cpu": cpu}}
+
+    xeon = {"model": "Xeon", "capability": "AVX512"}
+    assert findings._machine(Run(xeon)) == "Xeon (AVX512)"
+    assert findings._machine(Run({**xeon, "onednn_cap": "AVX512_CORE_BF16"})) \
+        == "Xeon (AVX512, oneDNN capped at AVX512_CORE_BF16)"

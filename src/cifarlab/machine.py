@@ -92,23 +92,33 @@ def cpu() -> dict:
     return {**info, "onednn_cap": cap} if cap else info
 
 
+# What each of oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) leaves its kernels of the native bf16
+# instructions: (AVX-512 BF16, AMX). oneDNN ignores a name it does not know, and so do we.
+_NO_BF16, _BF16, _AMX = (False, False), (True, False), (True, True)
+ONEDNN_CAPS = {
+    **dict.fromkeys(("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                     "AVX512_CORE_VNNI"), _NO_BF16),
+    **dict.fromkeys(("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_2_512"),
+                    _BF16),
+    **dict.fromkeys(("AVX10_1_512_AMX", "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16",
+                     "AVX512_CORE_AMX_FP16", "AVX10_2_512_AMX_2"), _AMX),
+}
+
+
 def onednn_cap() -> str:
     """The instruction set oneDNN (PyTorch's CPU convolutions) is capped at by the
-    environment, upper-case, or "" where it may use all the CPU has."""
+    environment, upper-case, or "" where it may use all the CPU has (no cap, ALL, DEFAULT,
+    or a name oneDNN does not know and so ignores)."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    cap = cap.strip().upper()
-    return "" if cap in ("", "ALL", "DEFAULT") else cap
+    return cap.upper() if cap.upper() in ONEDNN_CAPS else ""
 
 
 def usable_flags(flags: set[str], cap: str) -> set[str]:
     """`flags` less the bf16 instructions a oneDNN cap of `cap` keeps out of its kernels
     (a Xeon with AMX capped at AVX512_CORE_BF16 computes as a CPU without AMX does)."""
-    if not cap or "AMX" in cap:
-        return flags
-    flags = {f for f in flags if not f.startswith("amx")}
-    if not any(part in cap for part in ("BF16", "FP16", "AVX10")):
-        flags = {f for f in flags if f not in NATIVE_BF16_FLAGS}
-    return flags
+    bf16, amx = ONEDNN_CAPS.get(cap, _AMX)
+    return {f for f in flags if (amx or not f.startswith("amx"))
+            and (bf16 or f not in NATIVE_BF16_FLAGS)}
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
